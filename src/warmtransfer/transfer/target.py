@@ -1,0 +1,91 @@
+"""Who a transfer dials, and the allow-list that decides whether it may.
+
+A target is data, not behaviour: every backend reads the same fields. The allow-list lives here,
+beside the target, because the rule "never dial what the configuration does not allow" must be
+checked before any backend sees a destination: an LLM can be talked into any number (toll fraud).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_DIGITS = re.compile(r"^[0-9*#A-Dw,]*$")
+_HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
+
+
+class Target(BaseModel):
+    """A human (or queue) to dial: a SIP or tel URI plus how to present the call to them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str = Field(description="sip:, sips: or tel: URI of the human")
+    display_name: str | None = Field(default=None, description="name for logs and events")
+    caller_id: str | None = Field(
+        default=None, description="SIP URI or number presented to the human (From)"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra X- headers on the INVITE (sanitised)"
+    )
+    dtmf: str = Field(default="", description="digits sent after answer; w = 0.5 s pause")
+    ring_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds to ring")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, value: str) -> str:
+        if not value.startswith(("sip:", "sips:", "tel:")):
+            raise ValueError(f"target URI {value!r} must start with sip:, sips: or tel:")
+        if any(ch in value for ch in "\r\n\0 <>\""):
+            raise ValueError(f"target URI {value!r} contains a forbidden character")
+        return value
+
+    @field_validator("dtmf")
+    @classmethod
+    def _dtmf_digits(cls, value: str) -> str:
+        if not _DIGITS.match(value):
+            raise ValueError(f"post-dial digits {value!r} may hold only 0-9 * # A-D and w or ,")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(
+                    f"extra header {name!r} must be an X- header of letters, digits and dashes"
+                )
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.uri
+
+
+class DestinationNotAllowed(ValueError):
+    """The target is outside the allow-list; nothing was dialled."""
+
+    def __init__(self, uri: str, patterns: tuple[str, ...]) -> None:
+        self.uri = uri
+        self.patterns = patterns
+        rule = ", ".join(patterns) if patterns else "(empty allow-list: nothing may be dialled)"
+        super().__init__(f"destination {uri!r} is not in the allow-list: {rule}")
+
+
+class AllowList(BaseModel):
+    """Glob patterns over target URIs (e.g. ``sip:*@pbx.example.com``, ``tel:+1555*``).
+
+    Empty means nothing may be dialled: the safe default for a system an LLM can steer.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    patterns: tuple[str, ...] = ()
+
+    def allows(self, uri: str) -> bool:
+        return any(fnmatch.fnmatchcase(uri, pattern) for pattern in self.patterns)
+
+    def check(self, target: Target) -> None:
+        if not self.allows(target.uri):
+            raise DestinationNotAllowed(target.uri, self.patterns)
