@@ -1,1 +1,59 @@
+"""Warm transfer: the state machine, its driver, and the contract backends implement.
 
+    outcome = await warm_transfer(plan=..., caller=..., dialer=..., bridge=...,
+                                  consultant=..., briefing=...)
+
+This package knows nothing about SIP or LiveKit; backends implement `ports`.
+"""
+
+from warmtransfer.transfer.driver import CallerLeftNotifier, WarmTransfer, warm_transfer
+from warmtransfer.transfer.events import TransferEvent
+from warmtransfer.transfer.outcome import (
+    Attempt,
+    BridgeFailed,
+    Completed,
+    DialFailed,
+    Failed,
+    Reason,
+    TransferOutcome,
+)
+from warmtransfer.transfer.plan import HoldAudio, TransferPlan
+from warmtransfer.transfer.ports import Bridge, CallerLeg, Dialer, TargetLeg
+from warmtransfer.transfer.states import (
+    TRANSITIONS,
+    Event,
+    IllegalTransition,
+    State,
+    TransferStateMachine,
+    is_terminal,
+)
+from warmtransfer.transfer.target import AllowList, DestinationNotAllowed, Target
+
+__all__ = [
+    "TRANSITIONS",
+    "AllowList",
+    "Attempt",
+    "Bridge",
+    "BridgeFailed",
+    "CallerLeftNotifier",
+    "CallerLeg",
+    "Completed",
+    "DestinationNotAllowed",
+    "DialFailed",
+    "Dialer",
+    "Event",
+    "Failed",
+    "HoldAudio",
+    "IllegalTransition",
+    "Reason",
+    "State",
+    "Target",
+    "TargetLeg",
+    "TransferEvent",
+    "TransferOutcome",
+    "TransferPlan",
+    "TransferStateMachine",
+    "WarmTransfer",
+    "is_terminal",
+    "warm_transfer",
+]

@@ -1,0 +1,3 @@
+from warmtransfer.cli.app import main
+
+main()

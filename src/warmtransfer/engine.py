@@ -1,0 +1,119 @@
+"""The embedded engine: one SIP user agent, the pacing clock, text-to-speech, and the wiring of
+the transfer driver to the SIP backend. This is the object a Python app holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from warmtransfer.backends.sip import SipBridge, SipCallerLeg, SipDialer
+from warmtransfer.consult.ports import Briefing, Consultant
+from warmtransfer.consult.scripted import ScriptedConsultant
+from warmtransfer.media.clock import PacingClock
+from warmtransfer.sip.call import Call, IncomingCall
+from warmtransfer.sip.useragent import UserAgent
+from warmtransfer.speech.tts import PiperTTS, TextToSpeech
+from warmtransfer.transfer.driver import WarmTransfer
+from warmtransfer.transfer.events import TransferEvent
+from warmtransfer.transfer.outcome import TransferOutcome
+from warmtransfer.transfer.plan import TransferPlan
+
+
+class Engine:
+    """Answer calls, let an AI agent talk on them, and warm-transfer them to humans."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5060,
+        *,
+        user: str = "warmtransfer",
+        tts: TextToSpeech | None = None,
+        consultant: Consultant | None = None,
+    ) -> None:
+        self.clock = PacingClock()
+        self.ua = UserAgent(host, port, user=user, clock=self.clock, name="engine")
+        self.tts: TextToSpeech = tts or PiperTTS()
+        self.consultant: Consultant = consultant or ScriptedConsultant(self.tts)
+        self.dialer = SipDialer(self.ua)
+        self.bridge = SipBridge(self.spawn)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.transfers: dict[str, WarmTransfer] = {}
+
+    async def start(self) -> Engine:
+        await self.ua.start()
+        return self
+
+    async def close(self) -> None:
+        """End every call and release every socket, task and timer the engine holds."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ua.close()
+
+    async def __aenter__(self) -> Engine:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def uri(self) -> str:
+        return self.ua.uri
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def next_call(self) -> IncomingCall:
+        return await self.ua.next_call()
+
+    def caller_leg(self, call: Call) -> SipCallerLeg:
+        return SipCallerLeg(call)
+
+    def transfer(
+        self,
+        caller: SipCallerLeg,
+        plan: TransferPlan,
+        briefing: Briefing,
+        *,
+        on_event: Callable[[TransferEvent], None] | None = None,
+        consultant: Consultant | None = None,
+    ) -> WarmTransfer:
+        """A transfer ready to `run()`; keep it to cancel it or follow its events."""
+        transfer_id = uuid.uuid4().hex[:12]
+        transfer = WarmTransfer(
+            plan=plan,
+            caller=caller,
+            dialer=self.dialer,
+            bridge=self.bridge,
+            consultant=consultant or self.consultant,
+            briefing=briefing,
+            transfer_id=transfer_id,
+            on_event=on_event,
+            clock=asyncio.get_running_loop().time,
+        )
+        self.transfers[transfer_id] = transfer
+        return transfer
+
+    async def warm_transfer(
+        self,
+        caller: SipCallerLeg,
+        plan: TransferPlan,
+        briefing: Briefing,
+        *,
+        on_event: Callable[[TransferEvent], None] | None = None,
+        consultant: Consultant | None = None,
+    ) -> TransferOutcome:
+        transfer = self.transfer(caller, plan, briefing, on_event=on_event, consultant=consultant)
+        try:
+            return await transfer.run()
+        finally:
+            with contextlib.suppress(KeyError):
+                del self.transfers[transfer.transfer_id]

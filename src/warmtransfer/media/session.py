@@ -1,0 +1,281 @@
+"""One RTP stream (RFC 3550) of one call leg: send paced audio and DTMF, receive audio and keys.
+
+What arrives is routed, cheapest first: to the other leg of a bridge as raw payload (no decode
+when both legs use the same codec), and only when someone listens (an AI ear, a recorder) is it
+decoded to PCM. What is sent comes from the shared pacing clock: the current playback, else
+silence, except while bridged, when the other leg's packets are forwarded as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from warmtransfer.media.audio import AudioClip
+from warmtransfer.media.clock import PacingClock
+from warmtransfer.media.dtmf import DtmfReceiver, Pause, parse_digit_string, tone_packets
+from warmtransfer.media.g711 import decoder, encoder, silence_payload
+from warmtransfer.media.player import FRAME, Playback
+from warmtransfer.media.recorder import Recorder
+from warmtransfer.media.rtp_packet import build_rtp, is_rtcp
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+AudioSink = Callable[[NDArray[np.int16]], None]
+_HEADER = struct.Struct("!BBHII")
+
+
+@dataclass(frozen=True)
+class MediaFormat:
+    """What offer/answer agreed for this stream."""
+
+    codec: str  # "PCMU" or "PCMA"
+    payload_type: int
+    dtmf_payload_type: int | None
+
+
+@dataclass(frozen=True)
+class KeyPress:
+    digit: str
+    at: float  # loop time the first packet of the event arrived
+
+
+class RtpStats:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.forwarded = 0
+        self.lost = 0
+        self.first_sent_at: float | None = None
+        self.first_received_at: float | None = None
+        self.first_forwarded_at: float | None = None
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    def __init__(self, clock: PacingClock, name: str = "") -> None:
+        self.clock = clock
+        self.name = name
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: Address = ("0.0.0.0", 0)
+        self.remote: Address | None = None
+        self.format: MediaFormat | None = None
+        self.stats = RtpStats()
+        self.keys: asyncio.Queue[KeyPress] = asyncio.Queue()
+        self.recorder: Recorder | None = None
+        self.forward_to: RtpSession | None = None
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._marker = True
+        self._playback: Playback | None = None
+        self._tones: list[tuple[bytes, bool]] = []
+        self._tone_ts = 0
+        self._tone_done: asyncio.Future[None] | None = None
+        self._silence = b""
+        self._encode: Callable[[NDArray[np.int16]], bytes] | None = None
+        self._decode: Callable[[bytes], NDArray[np.int16]] | None = None
+        self._sinks: list[AudioSink] = []
+        self._dtmf = DtmfReceiver()
+        self._last_seq: int | None = None
+        self._closed = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(cls, host: str, clock: PacingClock, name: str = "") -> RtpSession:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: cls(clock, name), local_addr=(host, 0)
+        )
+        return protocol
+
+    # -- asyncio protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.local = transport.get_extra_info("sockname")[:2]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if len(data) < 12 or is_rtcp(data) or self.format is None:
+            return
+        first, second, seq, timestamp, _ = _HEADER.unpack_from(data)
+        if first >> 6 != 2:
+            return
+        header = 12 + 4 * (first & 0x0F)
+        if first & 0x10 and len(data) >= header + 4:
+            header += 4 + 4 * int.from_bytes(data[header + 2 : header + 4], "big")
+        end = len(data) - (data[-1] if first & 0x20 else 0)
+        payload = data[header:end]
+        payload_type = second & 0x7F
+        now = asyncio.get_running_loop().time()
+        fmt = self.format
+        if payload_type == fmt.dtmf_payload_type:
+            digit = self._dtmf.feed(timestamp, payload)
+            if digit is not None:
+                self.keys.put_nowait(KeyPress(digit, now))
+            return
+        if payload_type != fmt.payload_type:
+            return
+        stats = self.stats
+        stats.received += 1
+        if stats.first_received_at is None:
+            stats.first_received_at = now
+        if self._last_seq is not None:
+            gap = (seq - self._last_seq) & 0xFFFF
+            if 1 < gap < 1000:
+                stats.lost += gap - 1
+        self._last_seq = seq
+        if self.forward_to is not None:
+            self.forward_to.forward(payload, fmt.codec, bool(second & 0x80), now)
+        if self._sinks or self.recorder is not None:
+            assert self._decode is not None
+            pcm = self._decode(payload)
+            if self.recorder is not None:
+                self.recorder.received(pcm, now)
+            for sink in list(self._sinks):
+                sink(pcm)
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def start(self, remote: Address, fmt: MediaFormat) -> None:
+        """Start sending to `remote` with the negotiated format (called after offer/answer)."""
+        self.remote = remote
+        self.format = fmt
+        self._encode = encoder(fmt.codec)
+        self._decode = decoder(fmt.codec)
+        self._silence = silence_payload(fmt.codec, FRAME)
+        self.clock.add(self)
+
+    def update_remote(self, remote: Address) -> None:
+        self.remote = remote
+
+    def close(self) -> None:
+        self.clock.remove(self)
+        if self._playback is not None:
+            self._playback.stop()
+            self._playback = None
+        self.forward_to = None
+        self._sinks.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def play(self, clip: AudioClip, *, loop: bool = False, volume: float = 1.0) -> Playback:
+        """Start playing `clip` now, replacing whatever was playing."""
+        if self.format is None:
+            raise RuntimeError(f"RTP session {self.name} has no negotiated format yet")
+        self.stop_playback()
+        playback = Playback(clip, self.format.codec, loop=loop, volume=volume)
+        self._playback = playback
+        self._marker = True
+        return playback
+
+    def stop_playback(self) -> None:
+        if self._playback is not None:
+            self._playback.stop()
+            self._playback = None
+
+    @property
+    def playing(self) -> bool:
+        return self._playback is not None and not self._playback.done.done()
+
+    async def send_digits(self, digits: str) -> None:
+        """Send RFC 4733 events, one after the other, honouring `w`/`,` pauses."""
+        fmt = self.format
+        if fmt is None or fmt.dtmf_payload_type is None:
+            raise RuntimeError(f"the peer of {self.name or 'this leg'} did not offer telephone-event")
+        for item in parse_digit_string(digits):
+            if isinstance(item, Pause):
+                await asyncio.sleep(item.seconds)  # a pause is part of the dial string, not sync
+                continue
+            done = asyncio.get_running_loop().create_future()
+            self._tones = [*tone_packets(item), (b"", False)]
+            self._tone_done = done
+            self._tone_ts = self._ts
+            await done
+            await asyncio.sleep(0.06)  # inter-digit gap, as dialling hardware does
+
+    def on_tick(self, now: float) -> None:
+        if self.transport is None or self.remote is None or self.format is None:
+            return
+        if self._tones:
+            tone, marker = self._tones.pop(0)
+            if not tone:
+                if self._tone_done is not None and not self._tone_done.done():
+                    self._tone_done.set_result(None)
+                return
+            assert self.format.dtmf_payload_type is not None
+            self._send(self.format.dtmf_payload_type, tone, marker, self._tone_ts, now)
+            self._ts = (self._ts + FRAME) & 0xFFFFFFFF  # the media clock runs on during a tone
+            return
+        if self.forward_to is not None:
+            return
+        payload = None
+        if self._playback is not None:
+            payload = self._playback.next_payload(now)
+            if payload is None:
+                self._playback = None
+        self._send_audio(self._silence if payload is None else payload, now)
+
+    def forward(self, payload: bytes, codec: str, marker: bool, now: float) -> None:
+        """A bridged packet from the other leg: pass it through, transcoding only if needed."""
+        if self.format is None:
+            return
+        if codec != self.format.codec:
+            assert self._encode is not None
+            payload = self._encode(decoder(codec)(payload))
+        stats = self.stats
+        stats.forwarded += 1
+        if stats.first_forwarded_at is None:
+            stats.first_forwarded_at = now
+        self._marker = self._marker or marker
+        self._send_audio(payload, now)
+
+    def _send_audio(self, payload: bytes, now: float) -> None:
+        assert self.format is not None
+        marker, self._marker = self._marker, False
+        self._send(self.format.payload_type, payload, marker, self._ts, now)
+        self._ts = (self._ts + len(payload)) & 0xFFFFFFFF
+        if self.recorder is not None:
+            assert self._decode is not None
+            self.recorder.sent(self._decode(payload), now)
+
+    def _send(self, pt: int, payload: bytes, marker: bool, ts: int, now: float) -> None:
+        assert self.transport is not None and self.remote is not None
+        self.transport.sendto(build_rtp(pt, self._seq, ts, self._ssrc, payload, marker), self.remote)
+        self._seq = (self._seq + 1) & 0xFFFF
+        stats = self.stats
+        stats.sent += 1
+        if stats.first_sent_at is None:
+            stats.first_sent_at = now
+
+    # -- receiving --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def listening(self, sink: AudioSink) -> Iterator[None]:
+        """Decoded 8 kHz PCM frames go to `sink` while inside the block."""
+        self._sinks.append(sink)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):
+                self._sinks.remove(sink)
+
+    def clear_keys(self) -> None:
+        while not self.keys.empty():
+            self.keys.get_nowait()

@@ -1,0 +1,327 @@
+"""Calls as the application sees them: an inbound call to ring/answer/reject, an outbound call
+that is ringing or answered, and for both a media session, a hang-up, and an `ended` event.
+
+The protocol work (transactions, dialog) is delegated to the user agent; a call only keeps the
+state that the application asks about, and every end of a call (BYE either way, CANCEL, a
+rejection, a timeout) goes through `_finish`, so `ended` is set exactly once on every path and
+the media session is always closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from warmtransfer.media.session import MediaFormat, RtpSession
+from warmtransfer.sip.dialog import Dialog
+from warmtransfer.sip.message import SipRequest, SipResponse, make_response
+from warmtransfer.sip.sdp import (
+    NegotiatedMedia,
+    SdpError,
+    SdpNegotiationError,
+    SessionDescription,
+    build_answer,
+    parse_answer,
+)
+
+if TYPE_CHECKING:
+    from warmtransfer.sip.transaction import ServerInviteTransaction
+    from warmtransfer.sip.useragent import UserAgent
+
+log = logging.getLogger(__name__)
+
+
+class CallState(StrEnum):
+    OFFERED = "offered"  # inbound, not answered yet
+    DIALING = "dialing"  # outbound, INVITE sent
+    RINGING = "ringing"  # outbound, provisional response received
+    ANSWERED = "answered"  # 2xx sent or received; media flowing
+    ENDED = "ended"
+
+
+class EndReason(StrEnum):
+    LOCAL_BYE = "local_bye"
+    REMOTE_BYE = "remote_bye"
+    CANCELLED = "cancelled"  # we cancelled our INVITE, or the caller cancelled theirs
+    REJECTED = "rejected"  # a final error response, either way
+    TIMEOUT = "timeout"  # no response / no ACK
+    CLOSED = "closed"  # the user agent shut down
+
+
+class CallFailed(Exception):
+    """An outbound call ended before it was answered."""
+
+    def __init__(self, status: int | None, reason: str, *, cancelled: bool = False) -> None:
+        self.status = status
+        self.reason = reason
+        self.cancelled = cancelled
+        super().__init__(f"{status} {reason}" if status else reason)
+
+
+def media_format(negotiated: NegotiatedMedia) -> MediaFormat:
+    return MediaFormat(
+        codec=negotiated.codec.name.upper(),
+        payload_type=negotiated.codec.payload_type,
+        dtmf_payload_type=negotiated.dtmf_payload_type,
+    )
+
+
+class Call:
+    """What inbound and outbound calls share."""
+
+    direction = ""
+
+    def __init__(self, ua: UserAgent, call_id: str, media: RtpSession) -> None:
+        self.ua = ua
+        self.call_id = call_id
+        self.media = media
+        self.state = CallState.DIALING
+        self.dialog: Dialog | None = None
+        self.negotiated: NegotiatedMedia | None = None
+        self.end_reason: EndReason | None = None
+        self.end_status: int | None = None
+        self.ended = asyncio.Event()
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self._bye_sent = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.call_id[:12]} {self.state}>"
+
+    @property
+    def is_up(self) -> bool:
+        return self.state is CallState.ANSWERED
+
+    async def wait_ended(self) -> None:
+        await self.ended.wait()
+
+    async def hangup(self) -> None:
+        """End the call however is right for its state. Idempotent; never raises for a gone peer."""
+        if self.state is CallState.ENDED:
+            return
+        if self.state is CallState.ANSWERED and self.dialog is not None:
+            await self._send_bye()
+            return
+        await self._hangup_early()
+
+    async def _hangup_early(self) -> None:
+        self._finish(EndReason.LOCAL_BYE)
+
+    async def _send_bye(self) -> None:
+        assert self.dialog is not None
+        if self._bye_sent:
+            await self.ended.wait()
+            return
+        self._bye_sent = True
+        request = self.dialog.create_request("BYE", self.ua.via())
+        self._finish(EndReason.LOCAL_BYE)
+        with contextlib.suppress(TimeoutError, CallFailed):
+            await self.ua.request(request, self.dialog.next_address())
+
+    def on_bye(self) -> None:
+        self._finish(EndReason.REMOTE_BYE)
+
+    def on_request(self, request: SipRequest) -> SipResponse:
+        """An in-dialog request other than BYE/ACK/CANCEL."""
+        if request.method == "INVITE":
+            return self._answer_reinvite(request)
+        if request.method in ("INFO", "OPTIONS", "UPDATE"):
+            return make_response(request, 200)
+        return make_response(request, 501)
+
+    def _answer_reinvite(self, request: SipRequest) -> SipResponse:
+        """A session refresh or a hold from the peer: keep our media, answer with our SDP."""
+        if request.body:
+            try:
+                offer = SessionDescription.parse(request.body)
+                answer, negotiated = build_answer(offer, self.ua.media_host, self.media.local[1])
+            except (SdpError, SdpNegotiationError) as exc:
+                return make_response(request, 488, extra=[("Warning", f'399 - "{exc}"'[:200])])
+            self.negotiated = negotiated
+            self.media.update_remote((negotiated.remote_address, negotiated.remote_port))
+            return make_response(
+                request, 200, body=answer.to_bytes(), content_type="application/sdp",
+                extra=[("Contact", self.ua.contact())],
+            )
+        return make_response(request, 200, extra=[("Contact", self.ua.contact())])
+
+    def _finish(self, reason: EndReason, status: int | None = None) -> None:
+        if self.state is CallState.ENDED:
+            return
+        self.state = CallState.ENDED
+        self.end_reason = reason
+        self.end_status = status
+        self.ended_at = asyncio.get_running_loop().time()
+        self.media.close()
+        self.ua.forget(self)
+        self.ended.set()
+
+
+class IncomingCall(Call):
+    """A call offered to us. Ring it, answer it or reject it."""
+
+    direction = "inbound"
+
+    def __init__(
+        self, ua: UserAgent, invite: SipRequest, tx: ServerInviteTransaction, media: RtpSession,
+        local_tag: str,
+    ) -> None:
+        super().__init__(ua, invite.call_id, media)
+        self.invite = invite
+        self.tx = tx
+        self.local_tag = local_tag
+        self.state = CallState.OFFERED
+        self.caller = invite.from_
+        self.acked = asyncio.Event()
+
+    def header(self, name: str) -> str | None:
+        return self.invite.headers.get(name)
+
+    async def ring(self) -> None:
+        if self.state is CallState.OFFERED:
+            self.ua.respond(self.tx, make_response(self.invite, 180, to_tag=self.local_tag,
+                                                   extra=[("Contact", self.ua.contact())]))
+
+    async def answer(self) -> None:
+        """Send 200 OK with our SDP answer; media starts at once. 488 and CallFailed if no codec fits."""
+        if self.state is not CallState.OFFERED:
+            raise CallFailed(None, f"cannot answer a call that is {self.state}")
+        try:
+            offer = SessionDescription.parse(self.invite.body)
+            answer, negotiated = build_answer(offer, self.ua.media_host, self.media.local[1])
+        except (SdpError, SdpNegotiationError) as exc:
+            self.ua.respond(self.tx, make_response(self.invite, 488, to_tag=self.local_tag,
+                                                   extra=[("Warning", f'399 - "{exc}"'[:200])]))
+            self._finish(EndReason.REJECTED, 488)
+            raise CallFailed(488, str(exc)) from exc
+        self.negotiated = negotiated
+        self.dialog = Dialog.as_uas(self.invite, self.local_tag)
+        ok = make_response(
+            self.invite, 200, to_tag=self.local_tag, body=answer.to_bytes(),
+            content_type="application/sdp", extra=[("Contact", self.ua.contact())],
+        )
+        self.state = CallState.ANSWERED
+        self.answered_at = asyncio.get_running_loop().time()
+        self.media.start((negotiated.remote_address, negotiated.remote_port), media_format(negotiated))
+        self.ua.respond(self.tx, ok)
+        self.ua.retransmit_ok(self, ok)
+
+    async def reject(self, status: int = 486, reason: str | None = None) -> None:
+        if self.state is not CallState.OFFERED:
+            return
+        self.ua.respond(self.tx, make_response(self.invite, status, reason, to_tag=self.local_tag))
+        self._finish(EndReason.REJECTED, status)
+
+    async def _hangup_early(self) -> None:
+        await self.reject(480, "Temporarily Unavailable")
+
+    def on_ack(self) -> None:
+        self.acked.set()
+
+    def on_cancel(self) -> None:
+        """The caller gave up before we answered: 487 to their INVITE."""
+        if self.state is CallState.OFFERED:
+            self.ua.respond(self.tx, make_response(self.invite, 487, to_tag=self.local_tag))
+            self._finish(EndReason.CANCELLED, 487)
+
+
+class OutgoingCall(Call):
+    """A call we placed. `UserAgent.call` returns it once answered."""
+
+    direction = "outbound"
+
+    def __init__(self, ua: UserAgent, invite: SipRequest, media: RtpSession) -> None:
+        super().__init__(ua, invite.call_id, media)
+        self.invite = invite
+        self.offer = SessionDescription.parse(invite.body)
+        self.final: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        self.provisional: SipResponse | None = None
+        self.ringing_at: float | None = None
+        self.cancel_requested = False
+        self._cancel_sent = False
+        self._ack: SipRequest | None = None
+
+    def on_provisional(self, response: SipResponse) -> None:
+        if self.state is CallState.ENDED:
+            return
+        if self.provisional is None and self.cancel_requested:
+            self.provisional = response
+            self._send_cancel()
+        self.provisional = response
+        if response.status in (180, 183) and self.state is CallState.DIALING:
+            self.state = CallState.RINGING
+            self.ringing_at = asyncio.get_running_loop().time()
+
+    def on_final(self, response: SipResponse) -> None:
+        """A final response to our INVITE (the transaction ACKs non-2xx itself)."""
+        if 200 <= response.status < 300:
+            self._on_answer(response)
+        else:
+            reason = EndReason.CANCELLED if self.cancel_requested else EndReason.REJECTED
+            self._finish(reason, response.status)
+        if not self.final.done():
+            self.final.set_result(response)
+
+    def on_timeout(self) -> None:
+        self._finish(EndReason.TIMEOUT, 408)
+        if not self.final.done():
+            self.final.set_exception(CallFailed(408, "Request Timeout (no response)"))
+
+    def on_ok_retransmission(self) -> None:
+        if self._ack is not None and self.dialog is not None:
+            self.ua.send(self._ack, self.dialog.next_address())
+
+    def _on_answer(self, response: SipResponse) -> None:
+        if self.dialog is not None:  # a retransmitted 2xx
+            self.on_ok_retransmission()
+            return
+        self.dialog = Dialog.as_uac(self.invite, response)
+        self._ack = self.dialog.create_request("ACK", self.ua.via(), cseq=self.invite.cseq[0])
+        self.ua.send(self._ack, self.dialog.next_address())
+        if self.cancel_requested:
+            # The answer crossed our CANCEL: the call exists, so end it with a BYE.
+            self.state = CallState.ANSWERED
+            self.ua.spawn(self._send_bye())
+            return
+        try:
+            answer = SessionDescription.parse(response.body)
+            self.negotiated = parse_answer(self.offer, answer)
+        except (SdpError, SdpNegotiationError) as exc:
+            log.warning("call %s: unusable SDP answer (%s); hanging up", self.call_id, exc)
+            self.state = CallState.ANSWERED
+            self.ua.spawn(self._send_bye())
+            self.end_status = 488
+            return
+        self.state = CallState.ANSWERED
+        self.answered_at = asyncio.get_running_loop().time()
+        negotiated = self.negotiated
+        self.media.start((negotiated.remote_address, negotiated.remote_port), media_format(negotiated))
+
+    def cancel(self) -> None:
+        """Stop ringing: CANCEL now if the far end has answered provisionally, else as soon as it does.
+
+        Synchronous on purpose: the request is on the wire (or armed) before this returns, so a
+        cancelled dial task never leaves a phone ringing, whatever happens to the task next.
+        """
+        if self.state is CallState.ENDED or self.cancel_requested:
+            return
+        self.cancel_requested = True
+        if self.provisional is not None:
+            self._send_cancel()
+
+    def _send_cancel(self) -> None:
+        if self._cancel_sent:
+            return
+        self._cancel_sent = True
+        self.ua.send_cancel(self.invite)
+
+    async def _hangup_early(self) -> None:
+        self.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(8.0):
+                await self.ended.wait()
+        if not self.ended.is_set():
+            self._finish(EndReason.CANCELLED)
