@@ -14,6 +14,7 @@ from warmtransfer.backends.sip import SipBridge, SipCallerLeg, SipDialer
 from warmtransfer.consult.ports import Briefing, Consultant
 from warmtransfer.consult.scripted import ScriptedConsultant
 from warmtransfer.media.clock import PacingClock
+from warmtransfer.media.hold_music import hold_music
 from warmtransfer.sip.call import Call, IncomingCall
 from warmtransfer.sip.useragent import UserAgent
 from warmtransfer.speech.tts import PiperTTS, TextToSpeech
@@ -46,6 +47,10 @@ class Engine:
 
     async def start(self) -> Engine:
         await self.ua.start()
+        hold_music()  # generated once and cached: the first hold must not wait for it
+        warm_up = getattr(self.consultant, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()
         return self
 
     async def close(self) -> None:

@@ -39,7 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from .ports import LOOPBACK, RTP_RANGE, free_port_pair, free_tcp_port
-from .process import PeerError, PeerProcess
+from .process import PeerError, PeerProcess, cancel_and_wait
+
+__all__ = [
+    "BaresipPeer",
+    "PeerError",
+    "read_wav_samples",
+    "tone_power",
+    "wav_duration",
+    "wav_loudest",
+    "wav_rms",
+    "write_tone_wav",
+]
 
 BARESIP = shutil.which("baresip") or "/usr/bin/baresip"
 MODULE_PATH = "/usr/lib/baresip/modules"
@@ -351,11 +362,7 @@ class BaresipPeer:
         await self.command("reginfo")
 
     async def _shutdown_ctrl(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._writer is not None:
             self._writer.close()
@@ -477,13 +484,15 @@ class BaresipPeer:
         def incoming() -> int:
             return sum(1 for e in self.events if e.get("type") == "CALL_INCOMING")
 
-        while True:
+        while self.proc.returncode is None:
             await self.proc.wait_until(
-                lambda n=answered: incoming() > n,  # type: ignore[misc]
+                lambda n=answered: incoming() > n or self.proc.returncode is not None,  # type: ignore[misc]
                 3600,
                 "incoming call",
                 allow_exit=True,
             )
+            if self.proc.returncode is not None:
+                return
             answered += 1
             await asyncio.sleep(self._answer_delay)  # simulated human reaction time
             with contextlib.suppress(PeerError):

@@ -14,9 +14,9 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -89,12 +89,9 @@ class PeerProcess:
                     await asyncio.wait_for(proc.wait(), 5.0)
         finally:
             # Output pipes reach EOF once the process is gone; don't wait forever on them anyway.
-            _, pending = await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else ((), ())
-            for t in pending:
-                t.cancel()
-            for t in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            if self._tasks:
+                _, pending = await asyncio.wait(self._tasks, timeout=2.0)
+                await cancel_and_wait(pending)
             if self._logfile is not None:
                 self._logfile.close()
                 self._logfile = None
@@ -176,8 +173,11 @@ class PeerProcess:
                 if remaining <= 0:
                     raise self.error(f"timed out after {timeout:.1f}s waiting for {what}")
                 step = remaining if poll is None else min(remaining, poll)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the wake-up, which would keep a cancelled waiter alive.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), step)
+                    async with asyncio.timeout(step):
+                        await self._changed.wait()
 
     async def wait_for_output(
         self, pattern: str, timeout: float, *, start: int = 0
@@ -201,6 +201,24 @@ class PeerProcess:
             return await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
         except TimeoutError:
             raise self.error(f"did not exit within {timeout:.1f}s") from None
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 2.0) -> None:
+    """Cancel helper tasks and wait until they are really finished (without swallowing a
+    cancellation of the caller, and without hanging on a task that ignores the first cancel)."""
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(3):
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" noise
+    if pending:
+        raise PeerError(f"helper tasks would not stop: {pending}")
 
 
 def process_alive(pid: int | None) -> bool:

@@ -32,6 +32,8 @@ from pathlib import Path
 from .ports import LOOPBACK, free_media_port, free_port_pair, free_udp_port
 from .process import PeerError, PeerProcess, owns_port
 
+__all__ = ["EXIT_CODES", "PeerError", "SippPeer", "scenario_path"]
+
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 SCENARIOS = Path(__file__).parent / "scenarios"
 PCAP_DIR = Path("/usr/share/sip-tester")
@@ -241,8 +243,7 @@ class SippPeer:
         local_sc = run_dir / sc.name
         shutil.copy(sc, local_sc)
 
-        fixed_ports = port is not None
-        attempts = 1 if fixed_ports else 3
+        attempts = 3  # only port races (exit code 254, "Unable to bind") are retried
         for attempt in range(attempts):
             sip_port = port if port is not None else free_port_pair()
             mport = media_port if media_port is not None else free_media_port()
@@ -310,20 +311,20 @@ class SippPeer:
             proc.diagnostics = peer._error_digest
             try:
                 await proc.start()
-                if mode == "uas":
-                    # Ready = sipp's own socket is bound to the SIP port (checked via /proc).
-                    proto = "udp" if transport == "udp" else "tcp"
-                    try:
-                        await proc.wait_until(
-                            lambda proc=proc, p=sip_port, t=proto: owns_port(proc.pid, p, t),  # type: ignore[misc]
-                            start_timeout,
-                            f"sipp to listen on {proto} {sip_port}",
-                            poll=0.01,
-                        )
-                    except PeerError:
-                        if proc.returncode == 254 and attempt + 1 < attempts:
-                            continue  # port race: try again with fresh ports
-                        raise
+                # Ready = sipp's own socket is bound to the SIP port (checked via /proc), or
+                # sipp already exited (a uac whose call is over, or a failure).
+                proto = "udp" if transport == "udp" else "tcp"
+
+                def ready(proc: PeerProcess = proc, p: int = sip_port, t: str = proto) -> bool:
+                    return proc.returncode is not None or owns_port(proc.pid, p, t)
+
+                await proc.wait_until(
+                    ready, start_timeout, f"sipp to bind {proto} {sip_port}", poll=0.01
+                )
+                if proc.returncode == 254 and attempt + 1 < attempts:
+                    continue  # lost a port race (SIP or media port): fresh ports, new process
+                if mode == "uas" and proc.returncode is not None:
+                    raise proc.error(f"exited (code {proc.returncode}) before any call arrived")
                 yield peer
                 return
             finally:

@@ -554,6 +554,22 @@ async def test_caller_hangs_up_while_being_given_back() -> None:
     assert_legal_timeline(h)
 
 
+async def test_caller_gone_when_the_transfer_fails_is_not_unheld() -> None:
+    caller = MemoryCaller()
+
+    def hang_up_on_decline(event: TransferEvent) -> None:
+        if isinstance(event.event, Declined):
+            caller.hang_up()
+
+    async with no_leaks():
+        h = Harness(caller=caller, leg=MemoryTargetLeg(keys="2"), on_event=hang_up_on_decline)
+        outcome = await h.transfer.run()
+    failed = assert_abandoned(h, outcome)
+    assert h.states()[-2:] == [S.RECOVERING, S.ABANDONED]
+    assert "declined" in failed.detail
+    assert h.leg.hung_up_by_us
+
+
 async def test_the_human_can_be_told_the_caller_left() -> None:
     consultant = NotifyingConsultant()
     told_while_up: list[bool] = []

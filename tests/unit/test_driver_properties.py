@@ -126,10 +126,16 @@ async def play(script: Script) -> Run:
         ringing=script.ringing,
     )
     bridge = MemoryBridge(fail=BridgeFailed("no media path") if script.bridge_fails else None)
+    # Deadlines are real time: tight only where the script means them to pass, so a loaded
+    # machine cannot turn an answered script into a timeout.
     plan = TransferPlan(
-        target=Target(uri="sip:alice@pbx.example.com", dtmf=script.dtmf, ring_timeout=0.02),
+        target=Target(
+            uri="sip:alice@pbx.example.com",
+            dtmf=script.dtmf,
+            ring_timeout=0.02 if script.dial == "never" else 30.0,
+        ),
         allow=AllowList(patterns=("sip:*@pbx.example.com",)),
-        consult_timeout=0.02,
+        consult_timeout=0.02 if script.consult == "key never" else 30.0,
     )
     seen: list[TransferEvent] = []
     transfer: WarmTransfer | None = None

@@ -30,7 +30,7 @@ from warmtransfer.sip.message import (
     vias,
 )
 from warmtransfer.sip.sdp import SessionDescription
-from warmtransfer.sip.uri import SipUri
+from warmtransfer.sip.uri import NameAddr, SipUri
 
 CRLF = "\r\n"
 
@@ -132,8 +132,15 @@ def test_get_all_splits_list_headers_respecting_quotes_and_angles() -> None:
             ("Subject", "one, two"),
         ]
     )
-    assert headers.get_all("Contact") == ['"Smith, John" <sip:j@h;x=1>;q=0.5', "sip:k@h", "<sip:m@h>"]
-    assert headers.get_all("v") == ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/TCP b;branch=z9hG4bK2"]
+    assert headers.get_all("Contact") == [
+        '"Smith, John" <sip:j@h;x=1>;q=0.5',
+        "sip:k@h",
+        "<sip:m@h>",
+    ]
+    assert headers.get_all("v") == [
+        "SIP/2.0/UDP a;branch=z9hG4bK1",
+        "SIP/2.0/TCP b;branch=z9hG4bK2",
+    ]
     assert headers.get("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
     assert headers.get_all("Allow") == ["INVITE", "ACK", "BYE"]
     assert headers.get_all("Subject") == ["one, two"]  # not a list header
@@ -177,7 +184,7 @@ def test_copy_is_independent_and_equality_ignores_name_case() -> None:
     [("X-A", "1\r\nVia: evil"), ("X-A", "a\nb"), ("Bad Name", "1"), ("", "1"), ("A:B", "1")],
 )
 def test_headers_refuse_injection(name: str, value: str) -> None:
-    with pytest.raises(ValueError, match="CR or LF|not a token"):
+    with pytest.raises(ValueError, match=r"CR or LF|not a token"):
         Headers().add(name, value)
 
 
@@ -201,7 +208,9 @@ def test_via_with_received_and_rport() -> None:
     assert stamped.host == "host.example.com"
     assert stamped.port is None
     assert stamped.params == (("branch", "z9hG4bK1"), ("rport", "5071"), ("received", "192.0.2.1"))
-    assert str(stamped) == "SIP/2.0/UDP host.example.com;branch=z9hG4bK1;rport=5071;received=192.0.2.1"
+    assert (
+        str(stamped) == "SIP/2.0/UDP host.example.com;branch=z9hG4bK1;rport=5071;received=192.0.2.1"
+    )
 
 
 def test_via_ipv6_and_lws_everywhere() -> None:
@@ -314,7 +323,7 @@ def test_serialize_rewrites_a_wrong_content_length_in_place() -> None:
 
 
 def test_response_with_empty_reason_round_trips() -> None:
-    response = parse_response(wire(*NORESASON_LINES))
+    response = parse_response(wire(*NOREASON_LINES))
     assert (response.status, response.reason) == (100, "")
     assert serialize(response).startswith(b"SIP/2.0 100 \r\n")
     assert parse_message(serialize(response)) == response
@@ -367,7 +376,9 @@ def test_header_folding_is_unfolded() -> None:
 
 
 def test_lf_only_line_ends_and_leading_crlf_are_accepted() -> None:
-    data = b"\r\n\r\n" + INVITE.replace(b"\r\n", b"\n").replace(SDP_BODY.replace(CRLF, "\n").encode(), SDP_BODY.encode())
+    data = b"\r\n\r\n" + INVITE.replace(b"\r\n", b"\n").replace(
+        SDP_BODY.replace(CRLF, "\n").encode(), SDP_BODY.encode()
+    )
     request = parse_request(data)
     assert request.call_id == "3848276298220188511@192.0.2.10"
     assert request.body == SDP_BODY.encode()
@@ -462,7 +473,10 @@ def test_missing_mandatory_header(name: str) -> None:
     ],
 )
 def test_malformed_headers(replacement: str, problem: str) -> None:
-    lines = [replacement if line.startswith(replacement.split(":")[0][:4]) else line for line in INVITE_LINES]
+    lines = [
+        replacement if line.startswith(replacement.split(":")[0][:4]) else line
+        for line in INVITE_LINES
+    ]
     if replacement not in lines:
         lines.insert(2, replacement)
     with pytest.raises(SipParseError, match=problem):
@@ -645,7 +659,7 @@ TRANSPORTS = wire(
     "l: 0",
 )
 
-NORESASON_LINES = [
+NOREASON_LINES = [
     "SIP/2.0 100 ",
     "Via: SIP/2.0/UDP 192.0.2.105;branch=z9hG4bK2398ndaoe",
     "Call-ID: noreason.asndj203insdf99223ndf",
@@ -689,8 +703,6 @@ def test_rfc4475_wsinv_short_tortuous_invite() -> None:
     route = request.headers.get_all("Route")
     assert len(route) == 1
     assert "lr" in route[0]
-    from warmtransfer.sip.uri import NameAddr
-
     contact = NameAddr.parse(request.headers.get_all("Contact")[0])
     assert contact.display_name == 'Quoted string ""'
     assert contact.params == (("newparam", "newvalue"), ("secondparam", None), ("q", "0.33"))
@@ -726,8 +738,6 @@ def test_rfc4475_esc01_valid_escapes() -> None:
     assert request.from_.uri.user == "I%20have%20spaces"
     assert request.call_id == "esc01.239409asdfakjkn23onasd0-3234"
     assert request.content_type == "application/sdp"
-    from warmtransfer.sip.uri import NameAddr
-
     contact = NameAddr.parse(request.headers.get("Contact") or "")
     assert contact.uri.params == (("%6C%72", None), ("n%61me", "v%61lue%25%34%31"))
 
@@ -769,7 +779,7 @@ def test_rfc4475_transports() -> None:
 
 
 def test_rfc4475_noreason_and_unreason() -> None:
-    assert parse_response(wire(*NORESASON_LINES)).reason == ""
+    assert parse_response(wire(*NOREASON_LINES)).reason == ""
     response = parse_response(UNREASON)
     assert response.status == 200
     assert response.reason == "= 2**3 * 5**2 но сто девяносто девять - простое"
@@ -1061,7 +1071,8 @@ def test_rfc4475_invalid_messages_raise_sip_parse_error(name: str) -> None:
 def two_proxy_invite() -> SipRequest:
     lines = [
         INVITE_LINES[0],
-        "Via: SIP/2.0/UDP p2.example.com;branch=z9hG4bKp2, SIP/2.0/UDP p1.example.com;branch=z9hG4bKp1",
+        "Via: SIP/2.0/UDP p2.example.com;branch=z9hG4bKp2, "
+        "SIP/2.0/UDP p1.example.com;branch=z9hG4bKp1",
         *INVITE_LINES[1:],
     ]
     return parse_request(wire(*lines, body=SDP_BODY))
@@ -1088,7 +1099,9 @@ def test_make_response_copies_the_rfc_3261_headers() -> None:
 
 
 def test_make_response_keeps_an_existing_to_tag() -> None:
-    request = parse_request(INVITE.replace(b"To: <sip:bob@192.0.2.20>", b"To: <sip:bob@192.0.2.20>;tag=old"))
+    request = parse_request(
+        INVITE.replace(b"To: <sip:bob@192.0.2.20>", b"To: <sip:bob@192.0.2.20>;tag=old")
+    )
     assert make_response(request, 200, to_tag="new").to.tag == "old"
     assert make_response(parse_request(INVITE), 200).to.tag is None
 
@@ -1164,7 +1177,7 @@ def test_identifiers() -> None:
 # ---------------------------------------------------------------------------------------------
 # Fuzzing: any bytes give a message or SipParseError, and what parses re-parses the same
 
-SEEDS = [INVITE, WSINV, INTMETH, ESC01, DBLREQ, wire(*NORESASON_LINES), *INVALID.values()]
+SEEDS = [INVITE, WSINV, INTMETH, ESC01, DBLREQ, wire(*NOREASON_LINES), *INVALID.values()]
 SPECIALS = list(b' \t\r\n;:,<>"\\@[]=/?%0aZ\x00\xff')
 
 

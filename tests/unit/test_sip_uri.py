@@ -171,7 +171,9 @@ def test_quoted_display_name_with_escaped_quotes() -> None:
 
 
 def test_display_name_of_only_escaped_quotes() -> None:
-    value = NameAddr.parse('"Quoted string \\"\\"" <sip:jdrosen@example.com> ; newparam =\tnewvalue')
+    value = NameAddr.parse(
+        '"Quoted string \\"\\"" <sip:jdrosen@example.com> ; newparam =\tnewvalue'
+    )
     assert value.display_name == 'Quoted string ""'
     assert value.param("newparam") == "newvalue"
 

@@ -59,7 +59,9 @@ def _hold_clip(source: str | None) -> AudioClip:
     return hold_music() if source is None else read_wav(source)
 
 
-async def _until_ended(call: Call, awaitable: asyncio.Future[Any] | Coroutine[Any, Any, Any]) -> Any:
+async def _until_ended(
+    call: Call, awaitable: asyncio.Future[Any] | Coroutine[Any, Any, Any]
+) -> Any:
     """Await `awaitable`, but raise LegGone the moment the call ends."""
     work = asyncio.ensure_future(awaitable)
     ended = asyncio.ensure_future(call.ended.wait())
@@ -204,7 +206,9 @@ class SipDialer:
 
     async def dial(self, target: Target, on_ringing: Callable[[int], None]) -> SipTargetLeg:
         if target.uri.startswith("tel:"):
-            raise DialFailed(Reason.UNREACHABLE, detail="tel: targets need a SIP trunk; none is set")
+            raise DialFailed(
+                Reason.UNREACHABLE, detail="tel: targets need a SIP trunk; none is set"
+            )
         try:
             call = await self.ua.call(
                 target.uri,
@@ -246,8 +250,9 @@ class BridgedCall:
             for wait in waits:
                 wait.cancel()
             self.media.stop()
-            await asyncio.gather(self.caller.call.hangup(), self.target.call.hangup(),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                self.caller.call.hangup(), self.target.call.hangup(), return_exceptions=True
+            )
             self.ended.set()
 
 
@@ -268,8 +273,9 @@ class SipBridge:
         media.start()
         caller.bridged = True
         caller.held = False
-        bridged = BridgedCall(caller, target, media, asyncio.get_running_loop().time(),
-                              asyncio.Event())
+        bridged = BridgedCall(
+            caller, target, media, asyncio.get_running_loop().time(), asyncio.Event()
+        )
         self.active.append(bridged)
         self._spawn(self._watch(bridged))
 

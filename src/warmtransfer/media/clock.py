@@ -2,7 +2,7 @@
 
 A timer per stream would cost one wake-up per stream per 20 ms and drift apart; one clock wakes
 once per tick and serves every stream, so a hundred held callers cost one timer. Ticks are kept
-on an absolute schedule (start + n × 20 ms), so lateness never accumulates into drift; after a
+on an absolute schedule (start + n x 20 ms), so lateness never accumulates into drift; after a
 stall longer than a few ticks the schedule is re-anchored instead of bursting packets.
 """
 

@@ -7,6 +7,7 @@ caller costs a slice and a send, not a G.711 encode. `stop()` takes effect on th
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import numpy as np
 
@@ -17,19 +18,35 @@ from warmtransfer.media.wav import resample
 FRAME = 160  # samples per 20 ms at 8 kHz; G.711 is one byte per sample
 
 
-class Playback:
-    """One clip being played on one stream. `done` resolves when it ends or is stopped."""
+_encoded: weakref.WeakKeyDictionary[AudioClip, dict[tuple[str, float], bytes]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    def __init__(self, clip: AudioClip, codec: str, *, loop: bool = False, volume: float = 1.0):
-        samples = clip.samples if clip.rate == PHONE_RATE else resample(
-            clip.samples, clip.rate, PHONE_RATE
+
+def encode_clip(clip: AudioClip, codec: str, volume: float = 1.0) -> bytes:
+    """The clip as a G.711 payload stream, whole frames, cached per clip (hold music repeats)."""
+    per_clip = _encoded.setdefault(clip, {})
+    key = (codec, volume)
+    if key not in per_clip:
+        samples = (
+            clip.samples
+            if clip.rate == PHONE_RATE
+            else resample(clip.samples, clip.rate, PHONE_RATE)
         )
         if volume != 1.0:
             samples = np.clip(samples.astype(np.float32) * volume, -32768, 32767).astype(np.int16)
         pad = (-len(samples)) % FRAME
         if pad:
             samples = np.concatenate([samples, np.zeros(pad, dtype=np.int16)])
-        self._payload = encoder(codec)(samples)
+        per_clip[key] = encoder(codec)(samples)
+    return per_clip[key]
+
+
+class Playback:
+    """One clip being played on one stream. `done` resolves when it ends or is stopped."""
+
+    def __init__(self, clip: AudioClip, codec: str, *, loop: bool = False, volume: float = 1.0):
+        self._payload = encode_clip(clip, codec, volume)
         self._pos = 0
         self.loop = loop
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

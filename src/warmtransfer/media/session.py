@@ -43,6 +43,10 @@ class MediaFormat:
     dtmf_payload_type: int | None
 
 
+class MediaClosed(ConnectionError):
+    """The session was closed (the call ended) while something was still being sent."""
+
+
 @dataclass(frozen=True)
 class KeyPress:
     digit: str
@@ -162,6 +166,9 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         self.clock.remove(self)
+        self._tones = []
+        if self._tone_done is not None and not self._tone_done.done():
+            self._tone_done.set_exception(MediaClosed(f"RTP session {self.name} closed"))
         if self._playback is not None:
             self._playback.stop()
             self._playback = None
@@ -183,6 +190,13 @@ class RtpSession(asyncio.DatagramProtocol):
         playback = Playback(clip, self.format.codec, loop=loop, volume=volume)
         self._playback = playback
         self._marker = True
+        if self.forward_to is None and not self._tones:
+            # The first frame goes out now rather than on the next tick: the listener hears
+            # the start up to 20 ms sooner, and the receiver re-times on the marker bit.
+            now = asyncio.get_running_loop().time()
+            payload = playback.next_payload(now)
+            if payload is not None and self.transport is not None and self.remote is not None:
+                self._send_audio(payload, now)
         return playback
 
     def stop_playback(self) -> None:
@@ -198,8 +212,12 @@ class RtpSession(asyncio.DatagramProtocol):
         """Send RFC 4733 events, one after the other, honouring `w`/`,` pauses."""
         fmt = self.format
         if fmt is None or fmt.dtmf_payload_type is None:
-            raise RuntimeError(f"the peer of {self.name or 'this leg'} did not offer telephone-event")
+            raise RuntimeError(
+                f"the peer of {self.name or 'this leg'} did not offer telephone-event"
+            )
         for item in parse_digit_string(digits):
+            if self.transport is None or self.transport.is_closing():
+                raise MediaClosed(f"RTP session {self.name} closed")
             if isinstance(item, Pause):
                 await asyncio.sleep(item.seconds)  # a pause is part of the dial string, not sync
                 continue
@@ -256,8 +274,11 @@ class RtpSession(asyncio.DatagramProtocol):
             self.recorder.sent(self._decode(payload), now)
 
     def _send(self, pt: int, payload: bytes, marker: bool, ts: int, now: float) -> None:
-        assert self.transport is not None and self.remote is not None
-        self.transport.sendto(build_rtp(pt, self._seq, ts, self._ssrc, payload, marker), self.remote)
+        assert self.transport is not None
+        assert self.remote is not None
+        self.transport.sendto(
+            build_rtp(pt, self._seq, ts, self._ssrc, payload, marker), self.remote
+        )
         self._seq = (self._seq + 1) & 0xFFFF
         stats = self.stats
         stats.sent += 1

@@ -143,7 +143,10 @@ class Call:
             self.negotiated = negotiated
             self.media.update_remote((negotiated.remote_address, negotiated.remote_port))
             return make_response(
-                request, 200, body=answer.to_bytes(), content_type="application/sdp",
+                request,
+                200,
+                body=answer.to_bytes(),
+                content_type="application/sdp",
                 extra=[("Contact", self.ua.contact())],
             )
         return make_response(request, 200, extra=[("Contact", self.ua.contact())])
@@ -166,7 +169,11 @@ class IncomingCall(Call):
     direction = "inbound"
 
     def __init__(
-        self, ua: UserAgent, invite: SipRequest, tx: ServerInviteTransaction, media: RtpSession,
+        self,
+        ua: UserAgent,
+        invite: SipRequest,
+        tx: ServerInviteTransaction,
+        media: RtpSession,
         local_tag: str,
     ) -> None:
         super().__init__(ua, invite.call_id, media)
@@ -182,30 +189,50 @@ class IncomingCall(Call):
 
     async def ring(self) -> None:
         if self.state is CallState.OFFERED:
-            self.ua.respond(self.tx, make_response(self.invite, 180, to_tag=self.local_tag,
-                                                   extra=[("Contact", self.ua.contact())]))
+            self.ua.respond(
+                self.tx,
+                make_response(
+                    self.invite, 180, to_tag=self.local_tag, extra=[("Contact", self.ua.contact())]
+                ),
+            )
 
     async def answer(self) -> None:
-        """Send 200 OK with our SDP answer; media starts at once. 488 and CallFailed if no codec fits."""
+        """Send 200 OK with our SDP answer; media starts at once.
+
+        If no codec fits, the caller gets a 488 and this raises CallFailed.
+        """
         if self.state is not CallState.OFFERED:
             raise CallFailed(None, f"cannot answer a call that is {self.state}")
         try:
             offer = SessionDescription.parse(self.invite.body)
             answer, negotiated = build_answer(offer, self.ua.media_host, self.media.local[1])
         except (SdpError, SdpNegotiationError) as exc:
-            self.ua.respond(self.tx, make_response(self.invite, 488, to_tag=self.local_tag,
-                                                   extra=[("Warning", f'399 - "{exc}"'[:200])]))
+            self.ua.respond(
+                self.tx,
+                make_response(
+                    self.invite,
+                    488,
+                    to_tag=self.local_tag,
+                    extra=[("Warning", f'399 - "{exc}"'[:200])],
+                ),
+            )
             self._finish(EndReason.REJECTED, 488)
             raise CallFailed(488, str(exc)) from exc
         self.negotiated = negotiated
         self.dialog = Dialog.as_uas(self.invite, self.local_tag)
         ok = make_response(
-            self.invite, 200, to_tag=self.local_tag, body=answer.to_bytes(),
-            content_type="application/sdp", extra=[("Contact", self.ua.contact())],
+            self.invite,
+            200,
+            to_tag=self.local_tag,
+            body=answer.to_bytes(),
+            content_type="application/sdp",
+            extra=[("Contact", self.ua.contact())],
         )
         self.state = CallState.ANSWERED
         self.answered_at = asyncio.get_running_loop().time()
-        self.media.start((negotiated.remote_address, negotiated.remote_port), media_format(negotiated))
+        self.media.start(
+            (negotiated.remote_address, negotiated.remote_port), media_format(negotiated)
+        )
         self.ua.respond(self.tx, ok)
         self.ua.retransmit_ok(self, ok)
 
@@ -298,10 +325,12 @@ class OutgoingCall(Call):
         self.state = CallState.ANSWERED
         self.answered_at = asyncio.get_running_loop().time()
         negotiated = self.negotiated
-        self.media.start((negotiated.remote_address, negotiated.remote_port), media_format(negotiated))
+        self.media.start(
+            (negotiated.remote_address, negotiated.remote_port), media_format(negotiated)
+        )
 
     def cancel(self) -> None:
-        """Stop ringing: CANCEL now if the far end has answered provisionally, else as soon as it does.
+        """Stop ringing: CANCEL now if a provisional response came, else as soon as one does.
 
         Synchronous on purpose: the request is on the wire (or armed) before this returns, so a
         cancelled dial task never leaves a phone ringing, whatever happens to the task next.

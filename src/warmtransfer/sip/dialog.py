@@ -98,7 +98,7 @@ class Dialog:
         return SipRequest(method, self.remote_target, headers, body)
 
     def accepts(self, request: SipRequest) -> bool:
-        """RFC 3261 §12.2.2: an in-dialog request with a lower CSeq than the last is out of order."""
+        """RFC 3261 §12.2.2: an in-dialog request with a lower CSeq than the last is refused."""
         number = request.cseq[0]
         if request.method in ("ACK", "CANCEL"):
             return True

@@ -107,23 +107,69 @@ _CANONICAL: dict[str, str] = {
     name.lower(): name
     for name in (
         *COMPACT_FORMS.values(),
-        *(
-            "Accept Accept-Encoding Accept-Language Alert-Info Allow Authorization Call-Info"
-            " Content-Disposition Content-Language CSeq Date Error-Info Expires In-Reply-To"
-            " Max-Forwards Min-Expires Min-SE MIME-Version Organization P-Asserted-Identity"
-            " Priority Privacy Proxy-Authenticate Proxy-Authorization Proxy-Require RAck Reason"
-            " Record-Route Refer-Sub Replaces Reply-To Require Retry-After Route RSeq Server"
-            " Subscription-State Target-Dialog Timestamp Unsupported User-Agent Warning"
-            " WWW-Authenticate"
-        ).split(),
+        *[
+            "Accept",
+            "Accept-Encoding",
+            "Accept-Language",
+            "Alert-Info",
+            "Allow",
+            "Authorization",
+            "Call-Info",
+            "Content-Disposition",
+            "Content-Language",
+            "CSeq",
+            "Date",
+            "Error-Info",
+            "Expires",
+            "In-Reply-To",
+            "Max-Forwards",
+            "Min-Expires",
+            "Min-SE",
+            "MIME-Version",
+            "Organization",
+            "P-Asserted-Identity",
+            "Priority",
+            "Privacy",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "Proxy-Require",
+            "RAck",
+            "Reason",
+            "Record-Route",
+            "Refer-Sub",
+            "Replaces",
+            "Reply-To",
+            "Require",
+            "Retry-After",
+            "Route",
+            "RSeq",
+            "Server",
+            "Subscription-State",
+            "Target-Dialog",
+            "Timestamp",
+            "Unsupported",
+            "User-Agent",
+            "Warning",
+            "WWW-Authenticate",
+        ],
     )
 }
 
 # Headers whose comma-joined values are separate entries (RFC 3261 7.3.1). Proxy-Require,
 # Unsupported and Allow-Events are lists by the same rule.
 _LIST_HEADERS = frozenset(
-    "via route record-route contact allow supported require proxy-require unsupported"
-    " allow-events".split()
+    [
+        "via",
+        "route",
+        "record-route",
+        "contact",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "allow-events",
+    ]
 )
 _SINGLE_HEADERS = ("From", "To", "Call-ID", "CSeq", "Content-Length", "Content-Type")
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
@@ -232,9 +278,7 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(n.lower(), v) for n, v in self._items] == [
-            (n.lower(), v) for n, v in other._items
-        ]
+        return [(n.lower(), v) for n, v in self._items] == [(n.lower(), v) for n, v in other._items]
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 

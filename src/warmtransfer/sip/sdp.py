@@ -309,7 +309,7 @@ class _Parser:
         if kind == "o":
             self.origin = _parse_origin(value)
         elif kind == "s" and not self.media:
-            self.session_name = value
+            self.session_name = value if value.strip() else "-"  # "s= " means no name
         elif kind == "c":
             address = _parse_connection(value)
             if self.media:

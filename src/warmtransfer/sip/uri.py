@@ -324,7 +324,8 @@ class SipUri:
 
 def _quote_display_name(name: str) -> str:
     escaped = "".join(
-        f"\\{char}" if char in '"\\' or (ord(char) < 0x20 and char != "\t") or char == "\x7f"
+        f"\\{char}"
+        if char in '"\\' or (ord(char) < 0x20 and char != "\t") or char == "\x7f"
         else char
         for char in name
     )

@@ -236,9 +236,11 @@ class UserAgent:
 
     def _drop(self, tx: Transaction) -> None:
         key = (tx.branch, tx.request.method)
-        table = self._server if isinstance(
-            tx, ServerInviteTransaction | ServerNonInviteTransaction
-        ) else self._client
+        table = (
+            self._server
+            if isinstance(tx, ServerInviteTransaction | ServerNonInviteTransaction)
+            else self._client
+        )
         if table.get(key) is tx:
             del table[key]
         self._listeners.pop(id(tx), None)
@@ -380,12 +382,15 @@ class UserAgent:
             call.on_cancel()
             return make_response(request, 200)
         if method == "OPTIONS" and request.to.tag is None:
-            return make_response(request, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")])
+            return make_response(
+                request, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")]
+            )
         if call is None or request.to.tag is None:
             if method in ("BYE", "INFO", "UPDATE", "OPTIONS"):
                 return make_response(request, 481)
-            return make_response(request, 501 if method not in ALLOW else 405,
-                                 extra=[("Allow", ALLOW)])
+            return make_response(
+                request, 501 if method not in ALLOW else 405, extra=[("Allow", ALLOW)]
+            )
         if call.dialog is not None and not call.dialog.accepts(request):
             return make_response(request, 500, "Out of Order CSeq")
         if method == "BYE":
@@ -489,14 +494,16 @@ class UserAgent:
         try:
             async with asyncio.timeout(ring_timeout):
                 response = await asyncio.shield(call.final)
-        except TimeoutError:
+        except TimeoutError as exc:
             call.cancel()
             with contextlib.suppress(TimeoutError, CallFailed):
                 async with asyncio.timeout(4.0):
                     await asyncio.shield(call.final)
             if not call.ended.is_set():
                 call._finish(EndReason.CANCELLED)
-            raise CallFailed(call.end_status or 487, "No Answer (ring timeout)", cancelled=True)
+            raise CallFailed(
+                call.end_status or 487, "No Answer (ring timeout)", cancelled=True
+            ) from exc
         except asyncio.CancelledError:
             call.cancel()
             raise
@@ -518,7 +525,9 @@ class UserAgent:
         extra: Mapping[str, str] | None,
     ) -> SipRequest:
         from_uri = self._from_uri(caller_id)
-        from_party = NameAddr(from_uri, display_name(display) if display else None).with_tag(new_tag())
+        from_party = NameAddr(from_uri, display_name(display) if display else None).with_tag(
+            new_tag()
+        )
         offer = build_offer(self.media_host, rtp_port, session_id=random.getrandbits(31))
         headers = Headers()
         headers.add("Via", f"{self.via()};branch={new_branch()};rport")

@@ -27,4 +27,6 @@ class TransferPlan(BaseModel):
     target: Target
     allow: AllowList = Field(default_factory=AllowList)
     hold_audio: HoldAudio = Field(default_factory=HoldAudio)
-    consult_timeout: float = Field(default=60.0, gt=0, description="seconds the human has to decide")
+    consult_timeout: float = Field(
+        default=60.0, gt=0, description="seconds the human has to decide"
+    )

@@ -62,6 +62,8 @@ class Bridge(Protocol):
     async def connect(self, caller: CallerLeg, target: TargetLeg) -> None:
         """Join caller and human and take the AI out; raise `BridgeFailed` if it cannot.
 
+        It also stops the caller's hold audio: after a successful connect the driver never calls
+        `unhold` (that would give the caller back to the AI).
         After it returns, the bridge owns both legs: when either side hangs up it ends the other.
         """
         ...

@@ -37,7 +37,7 @@ class Target(BaseModel):
     def _uri_scheme(cls, value: str) -> str:
         if not value.startswith(("sip:", "sips:", "tel:")):
             raise ValueError(f"target URI {value!r} must start with sip:, sips: or tel:")
-        if any(ch in value for ch in "\r\n\0 <>\""):
+        if any(ch in value for ch in '\r\n\0 <>"'):
             raise ValueError(f"target URI {value!r} contains a forbidden character")
         return value
 
