@@ -1,4 +1,3 @@
-# ruff: noqa: ASYNC109  (the harness API takes explicit per-call deadlines)
 """BaresipPeer: a real baresip 1.0.0 user agent, headless, driven over its `ctrl_tcp` module.
 
     async with BaresipPeer.start(tmp_path, name="human", auto_answer=True,
@@ -20,6 +19,26 @@ ctrl_tcp protocol (netstrings, `<len>:<json>,` in both directions):
   event    <- {"event": true, "class": "call", "type": "CALL_ESTABLISHED", "accountaor": ...,
                "direction": "incoming"|"outgoing", "peeruri": ..., "id": <SIP Call-ID>,
                "param": ...}
+The harness adds "_t": seconds since the process started, to each event.
+
+baresip 1.0.0 behaviour worth knowing (measured here):
+- Events of a call: CALL_LOCAL_SDP/CALL_REMOTE_SDP (class "other", param "offer"/"answer"),
+  CALL_INCOMING (only when NOT auto-answering), CALL_RINGING (outgoing, on 180),
+  CALL_ESTABLISHED, CALL_RTPESTAB (first RTP received), CALL_RTCP, CALL_DTMF_START (param = the
+  digit), CALL_DTMF_END (no param; not emitted for sipp's pcap DTMF), CALL_CLOSED with param =
+  the reason: "Connection reset by user" (we hung up), "Connection reset by peer" (BYE received),
+  "486 Busy Here" / "603 Decline" / "486 Rejected" ... (final response to our INVITE).
+- Its INVITE: Contact <sip:<user>-0x<hex>@127.0.0.1:<port>>, an empty "Supported:" header,
+  Allow incl. REFER; SDP c=127.0.0.1 (net_interface), m=audio <even port> RTP/AVP 0 8 101 in
+  the `codecs` order, a=rtpmap:101 telephone-event/8000, a=fmtp:101 0-15, a=ptime:20,
+  a=rtcp-rsize, a=ssrc. RTP/RTCP sockets bind 0.0.0.0 (not only loopback).
+- Auto-answer replies "180 Ringing" then "200 Answering" (sic) at once. `hangup` on a ringing
+  incoming call answers "486 Rejected"; on a ringing outgoing call it sends CANCEL.
+- DTMF (`sndcode`): RFC 4733 PT 101, marker on the first packet, 9 packets with duration
+  160..1440 (180 ms) then 3 end packets; one digit ~240 ms; digits are queued.
+- A dial target without "sip:"/host is completed to sip:<x>@127.0.0.1 (port 5060).
+- sndfile names its dumps after the wall-clock second the call's audio started: two calls of
+  one peer within the same second overwrite each other's dump.
 """
 
 from __future__ import annotations
@@ -427,6 +446,8 @@ class BaresipPeer:
     # -- call control ----------------------------------------------------------------------------
     async def dial(self, uri: str) -> None:
         """Start an outgoing call. Follow with wait_event("CALL_ESTABLISHED") / "CALL_CLOSED"."""
+        if not uri.startswith(("sip:", "sips:")) or "@" not in uri:
+            raise ValueError(f"dial needs a full SIP URI like sip:user@127.0.0.1:5062, not {uri!r}")
         if self.transport != "udp" and "transport=" not in uri:
             uri = f"{uri};transport={self.transport}"
         await self.command("dial", uri)

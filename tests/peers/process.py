@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC109, ASYNC230  (explicit per-call deadlines; small local files)
+# ruff: noqa: ASYNC230  (small local files opened from async code)
 """A peer subprocess with a captured log, deadline-based waits and guaranteed cleanup.
 
 Shared by `BaresipPeer` and `SippPeer`. Nothing here sleeps to synchronise: waits are on output

@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC109, ASYNC240  (explicit per-call deadlines; small local files)
+# ruff: noqa: ASYNC240  (small local files read from async code)
 """SippPeer: sipp 3.6.1 (Debian sip-tester) running one scripted call over loopback.
 
     async with SippPeer.uas(tmp_path, "uas_busy") as human:
@@ -15,6 +15,21 @@ given. Each run gets its own directory `workdir/<name>` (sipp's cwd): the scenar
 copied to `./pcap/` there (play_pcap_audio paths are relative to the cwd), and sipp writes
 `messages.log` (-trace_msg: every SIP message sent/received), `errors.log` (-trace_err: unexpected
 messages, timeouts), `logs.log` (<log> actions) and `sipp.log` (stdout/stderr: final screens).
+
+sipp 3.6.1 behaviour worth knowing (measured here):
+- play_pcap_audio sends the captured RTP *as is* (SSRC, sequence numbers, timestamps, payload
+  type) from [media_port] to the address/port in the peer's SDP. g711a.pcap is PT 8 (A-law,
+  7 s, quiet for its first ~1.5 s); dtmf_2833_<d>.pcap is PT 101 with another SSRC and unrelated
+  seq/timestamps (10 packets, 140 ms, E bit on the last 3). A new play replaces the running one.
+- sipp never negotiates: the scenarios answer "8 0 101" whatever was offered.
+- sipp binds the media port and media port + 2 on 127.0.0.1 but only reads them with -rtp_echo.
+- -set values are strings: scenarios convert with <todouble> before <pause variable=...>.
+- A variable assigned but never used is a fatal scenario error ("referenced 1 times").
+- messages.log is written as messages go, so received_requests() works during a call.
+- Failures: exit code 1 plus errors.log lines such as "Aborting call on unexpected message for
+  Call-Id '...': while expecting 'BYE' (index 9), received '<the message>'" or a recv timeout;
+  exit code 255 when the global -timeout hit (nobody called the uas). expect_success() puts the
+  SIP flow and errors.log into the PeerError.
 
 Exit codes (sipp): 0 all calls passed, 1 at least one call failed (timeout, unexpected message,
 retransmission exhausted), 97 exit on internal command, 99 normal exit without calls processed,
@@ -146,7 +161,8 @@ class SippPeer:
 
         variables: `-set NAME VALUE` (the scenarios' documented knobs, e.g. ring_ms).
         keys: `-key NAME VALUE` ([NAME] keywords in messages).
-        timeout: global `-timeout` with `-timeout_error` (the whole run fails after it).
+        timeout: global `-timeout` with `-timeout_error`: after it sipp quits with exit code 255
+            and "<scenario> timed out after 'N' seconds" in errors.log (e.g. nobody called).
         recv_timeout: `-recv_timeout`, bound on every wait for a message once the call exists.
         """
         async with cls._run(

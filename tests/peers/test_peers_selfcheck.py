@@ -206,6 +206,29 @@ async def test_baresip_dials_sipp_that_answers_and_presses(
 
 @needs_baresip
 @needs_sipp
+async def test_baresip_dials_sipp_over_tcp(tmp_path: Path) -> None:
+    async with (
+        BaresipPeer.start(tmp_path, name="agent", user="agent", transport="tcp") as a,
+        SippPeer.uas(
+            tmp_path,
+            "uas_answer_dtmf",
+            transport="tcp",
+            variables={"ring_ms": 0, "dtmf_after_ms": 300},
+        ) as human,
+    ):
+        assert human.uri.endswith(";transport=tcp")
+        await a.dial(human.uri)
+        await a.wait_event("CALL_ESTABLISHED")
+        assert (await a.wait_event("CALL_DTMF_START"))["param"] == "1"
+        await a.hangup()
+        await human.expect_success(5)
+        assert human.received_requests() == ["INVITE", "ACK", "BYE"]
+        assert "TCP message received" in human.messages()
+    _assert_gone(a, human)
+
+
+@needs_baresip
+@needs_sipp
 async def test_sipp_human_hangs_up_during_briefing(tmp_path: Path) -> None:
     async with (
         BaresipPeer.start(tmp_path, name="agent", user="agent") as a,

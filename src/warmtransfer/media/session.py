@@ -91,6 +91,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._dtmf = DtmfReceiver()
         self._last_seq: int | None = None
         self._closed = asyncio.get_running_loop().create_future()
+        self.closed_callback: Callable[[RtpSession], None] | None = None
 
     @classmethod
     async def open(cls, host: str, clock: PacingClock, name: str = "") -> RtpSession:
@@ -109,6 +110,8 @@ class RtpSession(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed.done():
             self._closed.set_result(None)
+        if self.closed_callback is not None:
+            self.closed_callback(self)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if len(data) < 12 or is_rtcp(data) or self.format is None:

@@ -73,6 +73,11 @@ class TraceEntry:
 class _Transport(asyncio.DatagramProtocol):
     def __init__(self, ua: UserAgent) -> None:
         self.ua = ua
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.ua.datagram_received(data, addr[:2])
@@ -106,6 +111,8 @@ class UserAgent:
         self.trace_hooks: list[TraceHook] = []
         self.calls: dict[str, Call] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Transport | None = None
+        self._media: set[RtpSession] = set()
         self._client: dict[tuple[str, str], Transaction] = {}
         self._server: dict[tuple[str, str], Transaction] = {}
         self._listeners: dict[int, Callable[[SipResponse | None], None]] = {}
@@ -117,10 +124,11 @@ class UserAgent:
 
     async def start(self) -> UserAgent:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
+        transport, protocol = await loop.create_datagram_endpoint(
             lambda: _Transport(self), local_addr=(self.host, self.port)
         )
         self._transport = transport
+        self._protocol = protocol
         self.port = transport.get_extra_info("sockname")[1]
         return self
 
@@ -148,6 +156,16 @@ class UserAgent:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        # Sockets close on the loop's next turn: wait, so "closed" means closed.
+        waits = [m.wait_closed() for m in self._media]
+        if self._protocol is not None:
+            waits.append(self._protocol.closed)
+        for media in self._media:
+            media.close()
+        self._media.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*waits)
 
     async def __aenter__(self) -> UserAgent:
         return await self.start()
@@ -436,7 +454,7 @@ class UserAgent:
         self.spawn(self._offer_call(request, tx))
 
     async def _offer_call(self, request: SipRequest, tx: ServerInviteTransaction) -> None:
-        media = await RtpSession.open(self.media_host, self.clock, name=f"{self.name} in")
+        media = await self._open_media(f"{self.name} in")
         call = IncomingCall(self, request, tx, media, new_tag())
         self.calls[call.call_id] = call
         if self.on_call is not None:
@@ -445,6 +463,12 @@ class UserAgent:
                 self.spawn(_guard(result, call))
         else:
             self.incoming.put_nowait(call)
+
+    async def _open_media(self, name: str) -> RtpSession:
+        media = await RtpSession.open(self.media_host, self.clock, name=name)
+        self._media.add(media)
+        media.closed_callback = self._media.discard
+        return media
 
     async def next_call(self) -> IncomingCall:
         return await self.incoming.get()
@@ -469,7 +493,7 @@ class UserAgent:
         CANCELled before the CancelledError propagates.
         """
         target = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
-        media = await RtpSession.open(self.media_host, self.clock, name=f"{self.name} out")
+        media = await self._open_media(f"{self.name} out")
         try:
             invite = self._build_invite(target, media.local[1], caller_id, display, headers)
         except Exception:

@@ -21,7 +21,9 @@ How it is built, and why:
   silent human) and the whole transfer (`transfer_timeout`), which bounds hold and bridge too.
 - A port raising something unexpected ends the transfer with Reason.ERROR and the same cleanup;
   `run()` itself only raises `DestinationNotAllowed` (before anything happened), `RuntimeError`
-  (run twice) and `CancelledError` (after cleanup: the caller is back with the AI).
+  (run twice) and `CancelledError` (after cleanup: the caller is back with the AI). A second
+  cancellation of `run()` while it is cleaning up interrupts the cleanup (each step of which is
+  bounded by CLEANUP_TIMEOUT anyway): whoever cancels twice asked for that.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ class WarmTransfer:
         clock: Callable[[], float] = time.monotonic,
         transfer_timeout: float | None = None,
     ) -> None:
+        """`on_event` is called at each state change (errors it raises are logged, not raised);
+        `clock` stamps events and attempts (the engine passes its loop's clock);
+        `transfer_timeout` bounds the whole transfer, from hold to bridge (default:
+        ring_timeout + consult_timeout + DEADLINE_MARGIN), so no port can hold a caller forever.
+        """
         if transfer_timeout is not None and transfer_timeout <= 0:
             raise ValueError(f"transfer_timeout must be positive, not {transfer_timeout}")
         self._plan = plan
