@@ -27,7 +27,9 @@ from warmtransfer.transfer.target import AllowList, DestinationNotAllowed, Targe
 pytestmark = pytest.mark.peers
 
 
-def plan_for(uri: str, *, ring_timeout: float = 15.0, consult_timeout: float = 30.0) -> TransferPlan:
+def plan_for(
+    uri: str, *, ring_timeout: float = 15.0, consult_timeout: float = 30.0
+) -> TransferPlan:
     return TransferPlan(
         target=Target(uri=uri, ring_timeout=ring_timeout),
         allow=AllowList(patterns=("sip:human@127.0.0.1:*",)),
@@ -52,10 +54,18 @@ async def test_baresip_caller_to_baresip_human_accept_by_key(
     running: Running, tmp_path: Path, caller_wav: Path, human_wav: Path, need_baresip: None
 ) -> None:
     async with (
-        BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                          sip_port=free_port_pair()) as caller,
-        BaresipPeer.start(tmp_path, name="human", user="human", audio_wav=human_wav,
-                          auto_answer=True, answer_delay=0.5, sip_port=free_port_pair()) as human,
+        BaresipPeer.start(
+            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+        ) as caller,
+        BaresipPeer.start(
+            tmp_path,
+            name="human",
+            user="human",
+            audio_wav=human_wav,
+            auto_answer=True,
+            answer_delay=0.5,
+            sip_port=free_port_pair(),
+        ) as human,
     ):
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
         await caller.dial(running.engine.uri)
@@ -107,10 +117,17 @@ async def test_human_declines_by_key_and_caller_is_back_with_the_ai(
     running: Running, tmp_path: Path, caller_wav: Path, human_wav: Path, need_baresip: None
 ) -> None:
     async with (
-        BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                          sip_port=free_port_pair()) as caller,
-        BaresipPeer.start(tmp_path, name="human", user="human", audio_wav=human_wav,
-                          auto_answer=True, sip_port=free_port_pair()) as human,
+        BaresipPeer.start(
+            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+        ) as caller,
+        BaresipPeer.start(
+            tmp_path,
+            name="human",
+            user="human",
+            audio_wav=human_wav,
+            auto_answer=True,
+            sip_port=free_port_pair(),
+        ) as human,
     ):
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
         await caller.dial(running.engine.uri)
@@ -133,13 +150,20 @@ async def test_human_declines_by_key_and_caller_is_back_with_the_ai(
     [("uas_busy", Reason.BUSY, 486), ("uas_decline", Reason.DECLINED, 603)],
 )
 async def test_rejected_dial_is_typed_with_sip_status(
-    running: Running, tmp_path: Path, caller_wav: Path, scenario: str, reason: Reason, status: int,
-    need_baresip: None, need_sipp: None,
+    running: Running,
+    tmp_path: Path,
+    caller_wav: Path,
+    scenario: str,
+    reason: Reason,
+    status: int,
+    need_baresip: None,
+    need_sipp: None,
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, scenario, port=free_port_pair()) as human,
-        BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                          sip_port=free_port_pair()) as caller,
+        BaresipPeer.start(
+            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+        ) as caller,
     ):
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
         await caller.dial(running.engine.uri)
@@ -159,8 +183,9 @@ async def test_no_answer_cancels_the_invite(
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, "uas_no_answer", port=free_port_pair()) as human,
-        BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                          sip_port=free_port_pair()) as caller,
+        BaresipPeer.start(
+            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+        ) as caller,
     ):
         plan = plan_for(human.uri, ring_timeout=2.0)
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
@@ -180,8 +205,9 @@ async def test_human_hangs_up_during_briefing(
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, "uas_answer_hangup", port=free_port_pair()) as human,
-        BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                          sip_port=free_port_pair()) as caller,
+        BaresipPeer.start(
+            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+        ) as caller,
     ):
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
         await caller.dial(running.engine.uri)
@@ -199,8 +225,9 @@ async def test_caller_hangs_up_while_human_rings(
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, "uas_no_answer", port=free_port_pair()) as human,
-        BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                          sip_port=free_port_pair()) as caller,
+        BaresipPeer.start(
+            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+        ) as caller,
     ):
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
         await caller.dial(running.engine.uri)
@@ -208,7 +235,7 @@ async def test_caller_hangs_up_while_human_rings(
             await running.reached(State.RINGING).wait()
         await caller.hangup()
         async with asyncio.timeout(10):
-            leg, outcome = await engine_side
+            _, outcome = await engine_side
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.CALLER_HUNG_UP
         assert running.events[-1].state is State.ABANDONED
@@ -221,12 +248,17 @@ async def test_sipp_caller_transfers_to_sipp_human_accepting_by_key(
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, "uas_answer_dtmf", port=free_port_pair()) as human,
-        SippPeer.uac(tmp_path, "uac_call", f"127.0.0.1:{running.engine.ua.port}",
-                     service="warmtransfer", port=free_port_pair(),
-                     variables={"bye_after_ms": 12000}) as caller,
+        SippPeer.uac(
+            tmp_path,
+            "uac_call",
+            f"127.0.0.1:{running.engine.ua.port}",
+            service="warmtransfer",
+            port=free_port_pair(),
+            variables={"bye_after_ms": 12000},
+        ) as caller,
     ):
         async with asyncio.timeout(20):
-            leg, outcome = await answer_and_transfer(running, plan_for(human.uri))
+            _, outcome = await answer_and_transfer(running, plan_for(human.uri))
         assert isinstance(outcome, Completed), outcome
         assert await caller.wait(timeout=20) == 0, caller.messages()
         assert await human.wait(timeout=10) == 0, human.messages()  # got our BYE
@@ -241,11 +273,12 @@ async def test_destination_outside_the_allow_list_is_never_dialled(
         target=Target(uri="sip:+19005551234@premium.example.net"),
         allow=AllowList(patterns=("sip:*@pbx.example.com",)),
     )
-    async with BaresipPeer.start(tmp_path, name="caller", user="caller", audio_wav=caller_wav,
-                                 sip_port=free_port_pair()) as caller:
+    async with BaresipPeer.start(
+        tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
+    ) as caller:
         engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
         await caller.dial(running.engine.uri)
-        with pytest.raises(DestinationNotAllowed, match="premium.example.net"):
+        with pytest.raises(DestinationNotAllowed, match=r"premium\.example\.net"):
             async with asyncio.timeout(10):
                 await engine_side
         sent = [e.data.split(b" ", 1)[0] for e in running.engine.ua.trace if e.direction == "out"]

@@ -82,7 +82,7 @@ def test_client_invite_acks_a_busy_and_absorbs_its_retransmission() -> None:
     ack = acks[0]
     assert ack.vias[0].branch == "z9hG4bKabc"  # same transaction as the INVITE
     assert ack.to.tag == "t1" and ack.cseq == (1, "ACK")
-    assert [a for a in first if isinstance(a, Deliver)][0].response.status == 486
+    assert next(a for a in first if isinstance(a, Deliver)).response.status == 486
     again = tx.on_response(busy, 0.5)
     assert len(sends(again)) == 1 and not any(isinstance(a, Deliver) for a in again)
 

@@ -157,7 +157,7 @@ class UserAgent:
             self._transport.close()
             self._transport = None
         # Sockets close on the loop's next turn: wait, so "closed" means closed.
-        waits = [m.wait_closed() for m in self._media]
+        waits: list[Awaitable[None]] = [m.wait_closed() for m in self._media]
         if self._protocol is not None:
             waits.append(self._protocol.closed)
         for media in self._media:
