@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from warmtransfer.media.wav import read_wav
 from warmtransfer.transfer.target import AllowList, Target
 
 
@@ -17,6 +18,14 @@ class HoldAudio(BaseModel):
     source: Path | None = Field(default=None, description="WAV file; None = built-in music")
     silence: bool = Field(default=False, description="hold in silence instead of music")
     volume: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    @field_validator("source")
+    @classmethod
+    def _readable_wav(cls, value: Path | None) -> Path | None:
+        """A bad hold file is refused when the plan is made, not when a caller is waiting."""
+        if value is not None:
+            read_wav(value)  # raises AudioFormatError naming the file and what is accepted
+        return value
 
 
 class TransferPlan(BaseModel):
