@@ -6,18 +6,26 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from tests.peers.baresip import write_tone_wav
+from tests.peers.baresip import BaresipPeer, write_tone_wav
 from tests.peers.ports import free_port_pair
+from warmtransfer.backends.sip import SipCallerLeg
 from warmtransfer.consult.ports import Briefing
 from warmtransfer.engine import Engine
 from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.events import TransferEvent
+from warmtransfer.transfer.outcome import TransferOutcome
+from warmtransfer.transfer.plan import TransferPlan
 from warmtransfer.transfer.states import State
+from warmtransfer.transfer.target import AllowList, Target
+
+T = TypeVar("T")
 
 CALLER_TONE = 1230.0  # what the caller's microphone sends: absent from the hold music
 HUMAN_TONE = 1950.0  # what the human's microphone sends
@@ -100,3 +108,67 @@ def caller_wav(tmp_path: Path) -> Path:
 @pytest.fixture
 def human_wav(tmp_path: Path) -> Path:
     return write_tone_wav(tmp_path / "human.wav", freq=HUMAN_TONE, seconds=60.0, amplitude=0.3)
+
+
+@asynccontextmanager
+async def baresip_caller(workdir: Path, wav: Path) -> AsyncIterator[BaresipPeer]:
+    """A baresip phone that calls the engine; its microphone plays `wav` (the caller's tone)."""
+    async with BaresipPeer.start(
+        workdir, name="caller", user="caller", audio_wav=wav, sip_port=free_port_pair()
+    ) as caller:
+        yield caller
+
+
+@asynccontextmanager
+async def baresip_human(
+    workdir: Path, wav: Path, answer_delay: float = 0.0
+) -> AsyncIterator[BaresipPeer]:
+    """A baresip phone that answers by itself, as the human agent; it sends `wav` (a tone)."""
+    async with BaresipPeer.start(
+        workdir,
+        name="human",
+        user="human",
+        audio_wav=wav,
+        auto_answer=True,
+        answer_delay=answer_delay,
+        sip_port=free_port_pair(),
+    ) as human:
+        yield human
+
+
+def plan_for(
+    uri: str, *, ring_timeout: float = 15.0, consult_timeout: float = 30.0, dtmf: str = ""
+) -> TransferPlan:
+    return TransferPlan(
+        target=Target(uri=uri, ring_timeout=ring_timeout, dtmf=dtmf),
+        allow=AllowList(patterns=("sip:human@127.0.0.1:*",)),
+        consult_timeout=consult_timeout,
+    )
+
+
+async def answer_and_transfer(
+    running: Running, plan: TransferPlan
+) -> tuple[SipCallerLeg, TransferOutcome]:
+    """The engine side: answer the caller, put them on hold, transfer."""
+    engine = running.engine
+    call = await engine.next_call()
+    await call.ring()
+    await call.answer()
+    leg = engine.caller_leg(call)
+    outcome = await engine.warm_transfer(leg, plan, BRIEFING, on_event=running.on_event)
+    return leg, outcome
+
+
+async def call_in(
+    running: Running, caller: BaresipPeer, plan: TransferPlan
+) -> asyncio.Future[tuple[SipCallerLeg, TransferOutcome]]:
+    """The caller dials the engine, which answers and starts the transfer; await the result."""
+    engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
+    await caller.dial(running.engine.uri)
+    return engine_side
+
+
+async def finish(engine_side: asyncio.Future[T], timeout: float = 15.0) -> T:
+    """Await the engine's side of the call, with a deadline so a bug fails instead of hanging."""
+    async with asyncio.timeout(timeout):
+        return await engine_side

@@ -12,15 +12,19 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.e2e.conftest import BRIEFING, Running
-from tests.e2e.test_warm_transfer_sip import answer_and_transfer, plan_for
-from tests.peers.baresip import BaresipPeer
+from tests.e2e.conftest import (
+    BRIEFING,
+    Running,
+    baresip_caller,
+    baresip_human,
+    call_in,
+    finish,
+    plan_for,
+)
 from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
 from warmtransfer.transfer.outcome import Failed, Reason
-from warmtransfer.transfer.plan import TransferPlan
 from warmtransfer.transfer.states import State
-from warmtransfer.transfer.target import AllowList, Target
 
 pytestmark = pytest.mark.peers
 
@@ -31,15 +35,10 @@ async def test_consult_has_a_deadline(
     """Reference: no deadline on the consult phase, a caller could be held indefinitely."""
     async with (
         SippPeer.uas(tmp_path, "uas_answer_silent", port=free_port_pair()) as human,
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
+        baresip_caller(tmp_path, caller_wav) as caller,
     ):
         plan = plan_for(human.uri, consult_timeout=3.0)
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
-        await caller.dial(running.engine.uri)
-        async with asyncio.timeout(20):
-            leg, outcome = await engine_side
+        leg, outcome = await finish(await call_in(running, caller, plan), timeout=20)
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.CONSULT_TIMEOUT
         consulting = running.at(State.CONSULTING)
@@ -54,25 +53,14 @@ async def test_caller_hangs_up_during_briefing_ends_the_humans_leg(
 ) -> None:
     """Reference: the human was briefed, then moved into an empty room."""
     async with (
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-        BaresipPeer.start(
-            tmp_path,
-            name="human",
-            user="human",
-            audio_wav=human_wav,
-            auto_answer=True,
-            sip_port=free_port_pair(),
-        ) as human,
+        baresip_caller(tmp_path, caller_wav) as caller,
+        baresip_human(tmp_path, human_wav) as human,
     ):
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
-        await caller.dial(running.engine.uri)
+        engine_side = await call_in(running, caller, plan_for(human.uri))
         await human.wait_event("CALL_ESTABLISHED", timeout=15)
         await human.wait_recorded(1.0)
         await caller.hangup()
-        async with asyncio.timeout(10):
-            _, outcome = await engine_side
+        _, outcome = await finish(engine_side)
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.CALLER_HUNG_UP
         assert running.events[-1].state is State.ABANDONED
@@ -85,30 +73,15 @@ async def test_post_dial_digits_go_to_the_humans_leg(
 ) -> None:
     """Reference: DTMF sent inside the task went to the caller's leg instead."""
     async with (
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-        BaresipPeer.start(
-            tmp_path,
-            name="human",
-            user="human",
-            audio_wav=human_wav,
-            auto_answer=True,
-            sip_port=free_port_pair(),
-        ) as human,
+        baresip_caller(tmp_path, caller_wav) as caller,
+        baresip_human(tmp_path, human_wav) as human,
     ):
-        plan = TransferPlan(
-            target=Target(uri=human.uri, dtmf="4w2"),
-            allow=AllowList(patterns=("sip:human@127.0.0.1:*",)),
-        )
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
-        await caller.dial(running.engine.uri)
+        engine_side = await call_in(running, caller, plan_for(human.uri, dtmf="4w2"))
         first = await human.wait_event("CALL_DTMF_START", timeout=15)
         second = await human.wait_event("CALL_DTMF_START", timeout=5)
         assert (first["param"], second["param"]) == ("4", "2")
         await human.send_dtmf("2")
-        async with asyncio.timeout(10):
-            _, outcome = await engine_side
+        _, outcome = await finish(engine_side)
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.DECLINED
         await caller.hangup()
@@ -122,17 +95,8 @@ async def test_held_caller_is_not_heard_by_the_ai(
     """Reference: held-caller speech reached the AI, which then completed the transfer early."""
     heard: list[tuple[float, NDArray[np.int16]]] = []
     async with (
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-        BaresipPeer.start(
-            tmp_path,
-            name="human",
-            user="human",
-            audio_wav=human_wav,
-            auto_answer=True,
-            sip_port=free_port_pair(),
-        ) as human,
+        baresip_caller(tmp_path, caller_wav) as caller,
+        baresip_human(tmp_path, human_wav) as human,
     ):
         engine = running.engine
         await caller.dial(engine.uri)
@@ -150,8 +114,7 @@ async def test_held_caller_is_not_heard_by_the_ai(
             await human.wait_event("CALL_ESTABLISHED", timeout=15)
             await human.wait_recorded(2.0)  # the caller talks on hold meanwhile
             await human.send_dtmf("2")
-            async with asyncio.timeout(10):
-                outcome = await outcome_task
+            outcome = await finish(outcome_task)
             resumed = loop.time()
             # The caller's recording grows in real time: two more seconds of it means two
             # more seconds of the caller's own audio have been offered to the AI's ear.

@@ -14,12 +14,20 @@ from pathlib import Path
 import pytest
 
 from tests.audio_checks import level, load, tone_fraction, window
-from tests.e2e.conftest import BRIEFING, CALLER_TONE, HUMAN_TONE, Running
-from tests.peers.baresip import BaresipPeer
+from tests.e2e.conftest import (
+    CALLER_TONE,
+    HUMAN_TONE,
+    Running,
+    answer_and_transfer,
+    baresip_caller,
+    baresip_human,
+    call_in,
+    finish,
+    plan_for,
+)
 from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
-from warmtransfer.backends.sip import SipCallerLeg
-from warmtransfer.transfer.outcome import Completed, Failed, Reason, TransferOutcome
+from warmtransfer.transfer.outcome import Completed, Failed, Reason
 from warmtransfer.transfer.plan import TransferPlan
 from warmtransfer.transfer.states import State
 from warmtransfer.transfer.target import AllowList, DestinationNotAllowed, Target
@@ -27,48 +35,14 @@ from warmtransfer.transfer.target import AllowList, DestinationNotAllowed, Targe
 pytestmark = pytest.mark.peers
 
 
-def plan_for(
-    uri: str, *, ring_timeout: float = 15.0, consult_timeout: float = 30.0
-) -> TransferPlan:
-    return TransferPlan(
-        target=Target(uri=uri, ring_timeout=ring_timeout),
-        allow=AllowList(patterns=("sip:human@127.0.0.1:*",)),
-        consult_timeout=consult_timeout,
-    )
-
-
-async def answer_and_transfer(
-    running: Running, plan: TransferPlan
-) -> tuple[SipCallerLeg, TransferOutcome]:
-    """The engine side: answer the caller, put them on hold, transfer."""
-    engine = running.engine
-    call = await engine.next_call()
-    await call.ring()
-    await call.answer()
-    leg = engine.caller_leg(call)
-    outcome = await engine.warm_transfer(leg, plan, BRIEFING, on_event=running.on_event)
-    return leg, outcome
-
-
 async def test_baresip_caller_to_baresip_human_accept_by_key(
     running: Running, tmp_path: Path, caller_wav: Path, human_wav: Path, need_baresip: None
 ) -> None:
     async with (
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-        BaresipPeer.start(
-            tmp_path,
-            name="human",
-            user="human",
-            audio_wav=human_wav,
-            auto_answer=True,
-            answer_delay=0.5,
-            sip_port=free_port_pair(),
-        ) as human,
+        baresip_caller(tmp_path, caller_wav) as caller,
+        baresip_human(tmp_path, human_wav, answer_delay=0.5) as human,
     ):
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
-        await caller.dial(running.engine.uri)
+        engine_side = await call_in(running, caller, plan_for(human.uri))
         await caller.wait_event("CALL_ESTABLISHED")
         await human.wait_event("CALL_ESTABLISHED", timeout=15)
         async with asyncio.timeout(10):
@@ -76,8 +50,7 @@ async def test_baresip_caller_to_baresip_human_accept_by_key(
         # Let the human hear three seconds of the briefing, then accept with a key.
         await human.wait_recorded(3.0)
         await human.send_dtmf("1")
-        async with asyncio.timeout(10):
-            leg, outcome = await engine_side
+        leg, outcome = await finish(engine_side)
         assert isinstance(outcome, Completed), outcome
         assert outcome.target.uri == human.uri
         assert not leg.ai_connected  # the AI has left the call
@@ -88,7 +61,8 @@ async def test_baresip_caller_to_baresip_human_accept_by_key(
         assert "peer" in str(closed.get("param", ""))  # the engine sent the human a BYE
         caller_heard = await caller.received_wav()
         human_heard = await human.received_wav()
-    assert caller_heard is not None and human_heard is not None
+    assert caller_heard is not None
+    assert human_heard is not None
 
     # Times on each peer's recording: the caller's starts when it answered the engine, the
     # human's when the engine's call to it was answered.
@@ -117,28 +91,18 @@ async def test_human_declines_by_key_and_caller_is_back_with_the_ai(
     running: Running, tmp_path: Path, caller_wav: Path, human_wav: Path, need_baresip: None
 ) -> None:
     async with (
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-        BaresipPeer.start(
-            tmp_path,
-            name="human",
-            user="human",
-            audio_wav=human_wav,
-            auto_answer=True,
-            sip_port=free_port_pair(),
-        ) as human,
+        baresip_caller(tmp_path, caller_wav) as caller,
+        baresip_human(tmp_path, human_wav) as human,
     ):
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
-        await caller.dial(running.engine.uri)
+        engine_side = await call_in(running, caller, plan_for(human.uri))
         await human.wait_event("CALL_ESTABLISHED", timeout=15)
         await human.wait_recorded(1.0)
         await human.send_dtmf("2")
-        async with asyncio.timeout(10):
-            leg, outcome = await engine_side
+        leg, outcome = await finish(engine_side)
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.DECLINED
-        assert leg.ai_connected and not leg.held  # back with the AI, no hold music
+        assert leg.ai_connected
+        assert not leg.held  # back with the AI, no hold music
         assert not leg.media.playing
         await human.wait_event("CALL_CLOSED", timeout=10)  # the human's leg was ended
         await caller.hangup()
@@ -146,77 +110,38 @@ async def test_human_declines_by_key_and_caller_is_back_with_the_ai(
 
 
 @pytest.mark.parametrize(
-    ("scenario", "reason", "status"),
-    [("uas_busy", Reason.BUSY, 486), ("uas_decline", Reason.DECLINED, 603)],
+    ("scenario", "ring_timeout", "reason", "status", "seen"),
+    [
+        ("uas_busy", 15.0, Reason.BUSY, 486, "ACK"),  # we ACK their error response
+        ("uas_decline", 15.0, Reason.DECLINED, 603, "ACK"),
+        ("uas_no_answer", 2.0, Reason.NO_ANSWER, None, "CANCEL"),  # ring timeout: CANCEL
+        ("uas_answer_hangup", 15.0, Reason.TARGET_HUNG_UP, None, "ACK"),  # bye mid-briefing
+    ],
 )
-async def test_rejected_dial_is_typed_with_sip_status(
+async def test_failed_attempt_is_typed_and_caller_is_back_with_the_ai(
     running: Running,
     tmp_path: Path,
     caller_wav: Path,
     scenario: str,
+    ring_timeout: float,
     reason: Reason,
-    status: int,
+    status: int | None,
+    seen: str,
     need_baresip: None,
     need_sipp: None,
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, scenario, port=free_port_pair()) as human,
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
+        baresip_caller(tmp_path, caller_wav) as caller,
     ):
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
-        await caller.dial(running.engine.uri)
-        async with asyncio.timeout(15):
-            leg, outcome = await engine_side
+        plan = plan_for(human.uri, ring_timeout=ring_timeout)
+        leg, outcome = await finish(await call_in(running, caller, plan), timeout=20)
         assert isinstance(outcome, Failed)
         assert (outcome.reason, outcome.sip_status) == (reason, status)
-        assert outcome.attempts[0].sip_status == status
+        assert outcome.attempts[0].reason is reason
         assert leg.ai_connected
         assert await human.wait(timeout=10) == 0, human.messages()
-        assert human.received_requests()[:2] == ["INVITE", "ACK"]  # our ACK to their error
-        await caller.hangup()
-
-
-async def test_no_answer_cancels_the_invite(
-    running: Running, tmp_path: Path, caller_wav: Path, need_baresip: None, need_sipp: None
-) -> None:
-    async with (
-        SippPeer.uas(tmp_path, "uas_no_answer", port=free_port_pair()) as human,
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-    ):
-        plan = plan_for(human.uri, ring_timeout=2.0)
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
-        await caller.dial(running.engine.uri)
-        async with asyncio.timeout(15):
-            leg, outcome = await engine_side
-        assert isinstance(outcome, Failed)
-        assert outcome.reason is Reason.NO_ANSWER
-        assert leg.ai_connected
-        assert await human.wait(timeout=10) == 0, human.messages()
-        assert "CANCEL" in human.received_requests()
-        await caller.hangup()
-
-
-async def test_human_hangs_up_during_briefing(
-    running: Running, tmp_path: Path, caller_wav: Path, need_baresip: None, need_sipp: None
-) -> None:
-    async with (
-        SippPeer.uas(tmp_path, "uas_answer_hangup", port=free_port_pair()) as human,
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
-    ):
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
-        await caller.dial(running.engine.uri)
-        async with asyncio.timeout(20):
-            leg, outcome = await engine_side
-        assert isinstance(outcome, Failed)
-        assert outcome.reason is Reason.TARGET_HUNG_UP
-        assert leg.ai_connected
-        assert await human.wait(timeout=10) == 0, human.messages()
+        assert seen in human.received_requests()
         await caller.hangup()
 
 
@@ -225,17 +150,13 @@ async def test_caller_hangs_up_while_human_rings(
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, "uas_no_answer", port=free_port_pair()) as human,
-        BaresipPeer.start(
-            tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-        ) as caller,
+        baresip_caller(tmp_path, caller_wav) as caller,
     ):
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan_for(human.uri)))
-        await caller.dial(running.engine.uri)
+        engine_side = await call_in(running, caller, plan_for(human.uri))
         async with asyncio.timeout(10):
             await running.reached(State.RINGING).wait()
         await caller.hangup()
-        async with asyncio.timeout(10):
-            _, outcome = await engine_side
+        _, outcome = await finish(engine_side)
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.CALLER_HUNG_UP
         assert running.events[-1].state is State.ABANDONED
@@ -273,14 +194,10 @@ async def test_destination_outside_the_allow_list_is_never_dialled(
         target=Target(uri="sip:+19005551234@premium.example.net"),
         allow=AllowList(patterns=("sip:*@pbx.example.com",)),
     )
-    async with BaresipPeer.start(
-        tmp_path, name="caller", user="caller", audio_wav=caller_wav, sip_port=free_port_pair()
-    ) as caller:
-        engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
-        await caller.dial(running.engine.uri)
+    async with baresip_caller(tmp_path, caller_wav) as caller:
+        engine_side = await call_in(running, caller, plan)
         with pytest.raises(DestinationNotAllowed, match=r"premium\.example\.net"):
-            async with asyncio.timeout(10):
-                await engine_side
+            await finish(engine_side)
         sent = [e.data.split(b" ", 1)[0] for e in running.engine.ua.trace if e.direction == "out"]
         assert b"INVITE" not in sent
         await caller.hangup()

@@ -214,8 +214,7 @@ class SipDialer:
                 target.uri,
                 caller_id=target.caller_id,
                 headers=target.headers,
-                ring_timeout=target.ring_timeout,
-                on_ringing=on_ringing,
+                on_ringing=on_ringing,  # the ring deadline is the driver's: it cancels us
             )
         except CallFailed as exc:
             raise DialFailed(
