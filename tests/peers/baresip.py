@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from .ports import LOOPBACK, RTP_RANGE, free_port_pair, free_tcp_port
-from .process import PeerError, PeerProcess, cancel_and_wait
+from .process import PeerError, PeerProcess, RunsAProcess, cancel_and_wait
 
 __all__ = [
     "BaresipPeer",
@@ -209,7 +209,7 @@ async def _read_netstring(reader: asyncio.StreamReader) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-class BaresipPeer:
+class BaresipPeer(RunsAProcess):
     """One baresip process; see module docstring."""
 
     def __init__(
@@ -251,18 +251,6 @@ class BaresipPeer:
     @property
     def aor(self) -> str:
         return f"sip:{self.user}@{LOOPBACK}"
-
-    @property
-    def log(self) -> str:
-        return self.proc.log
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod

@@ -221,6 +221,25 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 2
         raise PeerError(f"helper tasks would not stop: {pending}")
 
 
+class RunsAProcess:
+    """What every peer exposes about the process behind it."""
+
+    proc: PeerProcess
+
+    @property
+    def log(self) -> str:
+        """The peer's stdout/stderr so far."""
+        return self.proc.log
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
 def process_alive(pid: int | None) -> bool:
     """True if `pid` exists and is not a zombie."""
     if pid is None:

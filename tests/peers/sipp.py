@@ -45,7 +45,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from .ports import LOOPBACK, free_media_port, free_port_pair, free_udp_port
-from .process import PeerError, PeerProcess, owns_port
+from .process import PeerError, PeerProcess, RunsAProcess, owns_port
 
 __all__ = ["EXIT_CODES", "PeerError", "SippPeer", "scenario_path"]
 
@@ -85,7 +85,7 @@ def scenario_path(scenario: str | Path) -> Path:
     return p.resolve()
 
 
-class SippPeer:
+class SippPeer(RunsAProcess):
     def __init__(
         self,
         *,
@@ -115,19 +115,6 @@ class SippPeer:
         """For a uas: the URI to dial. (For a uac: its own contact address.)"""
         suffix = "" if self.transport == "udp" else f";transport={self.transport}"
         return f"sip:{self.user}@{LOOPBACK}:{self.port}{suffix}"
-
-    @property
-    def log(self) -> str:
-        """sipp's stdout/stderr so far (the statistics screens appear when it exits)."""
-        return self.proc.log
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
 
     @property
     def messages_path(self) -> Path:
@@ -384,35 +371,26 @@ class SippPeer:
         """[(direction "received"|"sent", first line)] in order, from the message log."""
         return [(m["dir"], m["first"].strip()) for m in _BLOCK.finditer(self.messages())]
 
+    def _firsts(self, direction: str, responses: bool) -> list[str]:
+        return [
+            first
+            for d, first in self.flow()
+            if d == direction and first.startswith("SIP/2.0") == responses
+        ]
+
     def received_requests(self) -> list[str]:
         """Methods of the requests sipp received, in order, e.g. ["INVITE", "CANCEL", "ACK"]."""
-        return [
-            first.split()[0]
-            for d, first in self.flow()
-            if d == "received" and not first.startswith("SIP/2.0")
-        ]
+        return [first.split()[0] for first in self._firsts("received", responses=False)]
 
     def received_responses(self) -> list[int]:
         """Status codes of the responses sipp received, in order, e.g. [100, 180, 200, 200]."""
-        return [
-            int(first.split()[1])
-            for d, first in self.flow()
-            if d == "received" and first.startswith("SIP/2.0")
-        ]
+        return [int(first.split()[1]) for first in self._firsts("received", responses=True)]
 
     def sent_requests(self) -> list[str]:
-        return [
-            first.split()[0]
-            for d, first in self.flow()
-            if d == "sent" and not first.startswith("SIP/2.0")
-        ]
+        return [first.split()[0] for first in self._firsts("sent", responses=False)]
 
     def sent_responses(self) -> list[int]:
-        return [
-            int(first.split()[1])
-            for d, first in self.flow()
-            if d == "sent" and first.startswith("SIP/2.0")
-        ]
+        return [int(first.split()[1]) for first in self._firsts("sent", responses=True)]
 
     def received_messages(self, start_line: str = "") -> list[str]:
         """Full text of the received messages whose first line starts with `start_line`."""
