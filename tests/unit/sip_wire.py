@@ -55,9 +55,14 @@ class _Sink(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.packets = 0
+        self.closed = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.packets += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class Wire(asyncio.DatagramProtocol):
@@ -72,19 +77,20 @@ class Wire(asyncio.DatagramProtocol):
         self.log: list[Received] = []  # everything parsed, in arrival order
         self.unparsed: list[bytes] = []
         self._media: asyncio.DatagramTransport | None = None
+        self._sink: _Sink | None = None
+        self._closed = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def open(cls) -> Wire:
         loop = asyncio.get_running_loop()
         _, wire = await loop.create_datagram_endpoint(cls, local_addr=(HOST, 0))
-        media, _ = await loop.create_datagram_endpoint(_Sink, local_addr=(HOST, 0))
-        wire._media = media
+        media, sink = await loop.create_datagram_endpoint(_Sink, local_addr=(HOST, 0))
+        wire._media, wire._sink = media, sink
         wire.media_port = media.get_extra_info("sockname")[1]
         return wire
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
         self.port = transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
@@ -97,10 +103,19 @@ class Wire(asyncio.DatagramProtocol):
         self.log.append(received)
         self.queue.put_nowait(received)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
     def close(self) -> None:
         for transport in (self.transport, self._media):
             if transport is not None:
                 transport.close()
+
+    async def wait_closed(self) -> None:
+        """Sockets close on the loop's next turn; after this, they are closed."""
+        assert self._sink is not None
+        await asyncio.gather(self._closed, self._sink.closed)
 
     # -- addresses ---------------------------------------------------------------------------
 

@@ -618,13 +618,16 @@ async def test_garbage_never_raises_and_the_session_keeps_working(
         if len(data) > 1 and rng.random() < 0.5:
             data[1] = (data[1] & 0x80) | rng.choice((0, 101))
         garbage.append(bytes(data))
-    for data in garbage:
-        peer.send(data, session)
-    marker = ulaw_encode(sine(1234, 0.02).samples)
-    peer.send(rtp(1, marker, ssrc=0x9999), session)
-    async with asyncio.timeout(DEADLINE):
-        while not np.array_equal(await frames.get(), ulaw_decode(marker)):
-            pass
+    # in batches, each followed by a good packet that must come through: a burst of hundreds
+    # of datagrams would overflow the socket's receive buffer and prove nothing
+    for batch, index in enumerate(range(0, len(garbage), 25)):
+        for data in garbage[index : index + 25]:
+            peer.send(data, session)
+        good = ulaw_encode(sine(1000 + batch, 0.02).samples)
+        peer.send(rtp(1, good, ssrc=0x9999), session)
+        async with asyncio.timeout(DEADLINE):
+            while not np.array_equal(await frames.get(), ulaw_decode(good)):
+                pass
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert session.transport is not None and not session.transport.is_closing()
@@ -641,17 +644,6 @@ async def test_malformed_packets_are_dropped_not_delivered(net: Net) -> None:
     peer.send(rtp(4, good), session)
     assert np.array_equal(await frames.get(), ulaw_decode(good))
     assert frames.pending() == 0
-    assert session.stats.received == 1
-
-
-async def test_nothing_is_received_before_start(net: Net) -> None:
-    session, peer = await net.session(), await net.peer()
-    peer.send(rtp(1), session)
-    session.start(peer.address, PCMU)
-    frames = Frames()
-    with session.listening(frames):
-        peer.send(rtp(2, b"\x01" * 160), session)
-        assert np.array_equal(await frames.get(), ulaw_decode(b"\x01" * 160))
     assert session.stats.received == 1
 
 
@@ -792,6 +784,22 @@ async def test_close_releases_the_socket_the_clock_and_pending_playback(
     assert now != link  # the descriptor is gone (or reused by something else)
     assert closed == [session]
     session.close()  # closing twice is harmless
+
+
+async def test_a_socket_dying_underneath_releases_like_close(net: Net, clock: PacingClock) -> None:
+    a, b = await net.pair()
+    playback = a.play(noise(5.0))
+    sending = asyncio.create_task(a.send_digits("123"))
+    async with asyncio.timeout(DEADLINE):
+        await b.keys.get()
+    assert a.transport is not None
+    a.transport.abort()  # not a.close(): the transport goes away on its own
+    async with asyncio.timeout(DEADLINE):
+        await a.wait_closed()
+        await playback.done
+        with pytest.raises(MediaClosed):
+            await sending
+    assert len(clock) == 1  # only b is left on the clock
 
 
 async def test_play_after_close_does_not_hang_or_send(net: Net) -> None:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 AudioSink = Callable[[NDArray[np.int16]], None]
 _HEADER = struct.Struct("!BBHII")
+_MAX_DROPOUT = 1000  # a forward jump this big is a restarted stream, not loss
+_MAX_MISORDER = 100  # a packet this far behind the newest arrived late (RFC 3550 A.1)
 
 
 @dataclass(frozen=True)
@@ -108,41 +110,48 @@ class RtpSession(asyncio.DatagramProtocol):
         self.local = transport.get_extra_info("sockname")[:2]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.close()  # also when the socket died under us: leave the clock, end what was sent
         if not self._closed.done():
             self._closed.set_result(None)
         if self.closed_callback is not None:
             self.closed_callback(self)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        if len(data) < 12 or is_rtcp(data) or self.format is None:
+        fmt = self.format
+        if len(data) < 12 or is_rtcp(data) or fmt is None:
             return
         first, second, seq, timestamp, _ = _HEADER.unpack_from(data)
         if first >> 6 != 2:
             return
         header = 12 + 4 * (first & 0x0F)
-        if first & 0x10 and len(data) >= header + 4:
+        if first & 0x10:
+            if len(data) < header + 4:
+                return
             header += 4 + 4 * int.from_bytes(data[header + 2 : header + 4], "big")
-        end = len(data) - (data[-1] if first & 0x20 else 0)
-        payload = data[header:end]
+        end = len(data)
+        if first & 0x20:
+            if data[-1] == 0:
+                return  # padding bit set with a zero count: malformed
+            end -= data[-1]
+        if end <= header:
+            return  # CSRCs, extension or padding overrun the packet, or no payload at all
         payload_type = second & 0x7F
+        is_event = payload_type == fmt.dtmf_payload_type
+        if not is_event and payload_type != fmt.payload_type:
+            return
+        # Events and audio share the sender's sequence space: both count towards loss.
+        self._count_sequence(seq)
+        payload = data[header:end]
         now = asyncio.get_running_loop().time()
-        fmt = self.format
-        if payload_type == fmt.dtmf_payload_type:
+        if is_event:
             digit = self._dtmf.feed(timestamp, payload)
             if digit is not None:
                 self.keys.put_nowait(KeyPress(digit, now))
-            return
-        if payload_type != fmt.payload_type:
             return
         stats = self.stats
         stats.received += 1
         if stats.first_received_at is None:
             stats.first_received_at = now
-        if self._last_seq is not None:
-            gap = (seq - self._last_seq) & 0xFFFF
-            if 1 < gap < 1000:
-                stats.lost += gap - 1
-        self._last_seq = seq
         if self.forward_to is not None:
             self.forward_to.forward(payload, fmt.codec, bool(second & 0x80), now)
         if self._sinks or self.recorder is not None:
@@ -152,6 +161,26 @@ class RtpSession(asyncio.DatagramProtocol):
                 self.recorder.received(pcm, now)
             for sink in list(self._sinks):
                 sink(pcm)
+
+    def _count_sequence(self, seq: int) -> None:
+        """Loss from sequence gaps. A packet that arrives late fills the gap it was counted
+        lost in (as RFC 3550's expected - received does); a duplicate counts nothing."""
+        last = self._last_seq
+        if last is None:
+            self._last_seq = seq
+            return
+        ahead = (seq - last) & 0xFFFF
+        if ahead == 0:
+            return
+        if ahead >= 0x10000 - _MAX_MISORDER:
+            self.stats.lost = max(0, self.stats.lost - 1)
+            return
+        if ahead < _MAX_DROPOUT:
+            self.stats.lost += ahead - 1
+        self._last_seq = seq
+
+    def _is_closed(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -191,6 +220,9 @@ class RtpSession(asyncio.DatagramProtocol):
             raise RuntimeError(f"RTP session {self.name} has no negotiated format yet")
         self.stop_playback()
         playback = Playback(clip, self.format.codec, loop=loop, volume=volume)
+        if self._is_closed():
+            playback.stop()  # nothing will ever pace it out: done now rather than never
+            return playback
         self._playback = playback
         self._marker = True
         if self.forward_to is None and not self._tones:
@@ -219,7 +251,7 @@ class RtpSession(asyncio.DatagramProtocol):
                 f"the peer of {self.name or 'this leg'} did not offer telephone-event"
             )
         for item in parse_digit_string(digits):
-            if self.transport is None or self.transport.is_closing():
+            if self._is_closed():
                 raise MediaClosed(f"RTP session {self.name} closed")
             if isinstance(item, Pause):
                 await asyncio.sleep(item.seconds)  # a pause is part of the dial string, not sync
@@ -232,18 +264,18 @@ class RtpSession(asyncio.DatagramProtocol):
             await asyncio.sleep(0.06)  # inter-digit gap, as dialling hardware does
 
     def on_tick(self, now: float) -> None:
-        if self.transport is None or self.remote is None or self.format is None:
+        if self.remote is None or self.format is None or self._is_closed():
             return
         if self._tones:
             tone, marker = self._tones.pop(0)
-            if not tone:
-                if self._tone_done is not None and not self._tone_done.done():
-                    self._tone_done.set_result(None)
+            if tone:
+                assert self.format.dtmf_payload_type is not None
+                self._send(self.format.dtmf_payload_type, tone, marker, self._tone_ts, now)
+                self._ts = (self._ts + FRAME) & 0xFFFFFFFF  # the media clock runs on in a tone
                 return
-            assert self.format.dtmf_payload_type is not None
-            self._send(self.format.dtmf_payload_type, tone, marker, self._tone_ts, now)
-            self._ts = (self._ts + FRAME) & 0xFFFFFFFF  # the media clock runs on during a tone
-            return
+            # The key press is over; this tick carries audio again (one packet every tick).
+            if self._tone_done is not None and not self._tone_done.done():
+                self._tone_done.set_result(None)
         if self.forward_to is not None:
             return
         payload = None
@@ -255,7 +287,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def forward(self, payload: bytes, codec: str, marker: bool, now: float) -> None:
         """A bridged packet from the other leg: pass it through, transcoding only if needed."""
-        if self.format is None:
+        if self.format is None or self._is_closed():
             return
         if codec != self.format.codec:
             assert self._encode is not None
