@@ -80,7 +80,7 @@ class Engine:
         return await self.ua.next_call()
 
     def caller_leg(self, call: Call) -> SipCallerLeg:
-        return SipCallerLeg(call)
+        return SipCallerLeg(call, self.tts)
 
     def transfer(
         self,

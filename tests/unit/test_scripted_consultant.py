@@ -98,3 +98,17 @@ async def test_human_hanging_up_ends_the_consult_with_leg_gone(tts: PiperTTS) ->
 async def test_consult_rejects_what_another_consultant_prepared(tts: PiperTTS) -> None:
     with pytest.raises(TypeError, match="prepare"):
         await ScriptedConsultant(tts).consult(MemoryTargetLeg(), object())
+
+
+async def test_caller_left_notice_is_fixed_text_and_not_the_briefing(tts: PiperTTS) -> None:
+    consultant = ScriptedConsultant(tts)
+    await consultant.warm_up()
+    leg = MemoryTargetLeg()
+    await consultant.notify_caller_left(leg)
+    again = MemoryTargetLeg()
+    await consultant.notify_caller_left(again)
+    notice = leg.played[-1]
+    assert again.played[-1] is notice  # rendered once, identical every time (deterministic)
+    prepared = await consultant.prepare(BRIEFING)
+    assert notice is not prepared.opening
+    assert len(notice.samples) != len(prepared.opening.samples)

@@ -29,6 +29,7 @@ from warmtransfer.media.session import KeyPress, RtpSession
 from warmtransfer.media.wav import read_wav
 from warmtransfer.sip.call import Call, CallFailed, OutgoingCall
 from warmtransfer.sip.useragent import UserAgent
+from warmtransfer.speech.tts import TextToSpeech
 from warmtransfer.transfer.outcome import BridgeFailed, DialFailed, Reason
 from warmtransfer.transfer.plan import HoldAudio
 from warmtransfer.transfer.ports import CallerLeg, TargetLeg
@@ -116,8 +117,9 @@ class _MediaLeg:
 class SipCallerLeg(_MediaLeg):
     """The caller's call, as both the AI agent and the transfer use it."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, tts: TextToSpeech | None = None) -> None:
         super().__init__(call)
+        self.tts = tts
         self.held = False
         self.bridged = False
         self.hold_playback: Playback | None = None
@@ -173,6 +175,15 @@ class SipCallerLeg(_MediaLeg):
             self.hold_playback = None
         self.media.stop_playback()
         self.held = False
+
+    async def play_message(self, text: str) -> None:
+        """A fixed message from the transfer itself (e.g. before hanging up on failure)."""
+        if self.tts is None:
+            raise RuntimeError("this caller leg has no text-to-speech to speak a message with")
+        if self.hold_playback is not None:
+            self.hold_playback.stop()
+            self.hold_playback = None
+        await self.play(await self.tts.synthesize(text))
 
     async def hangup(self) -> None:
         await self.call.hangup()

@@ -46,6 +46,7 @@ class ScriptedConsultant:
         instructions: str = (
             "Press 1 to take the call, or 2 to decline. Press 9 to hear this again."
         ),
+        caller_left: str = "The caller has hung up, so there is no call to take. Goodbye.",
         accept_key: str = "1",
         decline_key: str = "2",
         repeat_key: str = "9",
@@ -53,6 +54,7 @@ class ScriptedConsultant:
         self.tts = tts
         self.intro = intro
         self.instructions = instructions
+        self.caller_left = caller_left
         self.accept_key = accept_key
         self.decline_key = decline_key
         self.repeat_key = repeat_key
@@ -61,8 +63,16 @@ class ScriptedConsultant:
         return " ".join(part for part in (self.intro, briefing.summary, self.instructions) if part)
 
     async def warm_up(self) -> None:
-        """Render the fixed opening now, so even the first transfer starts speaking at once."""
+        """Render the fixed texts now, so even the first transfer speaks them at once."""
         await self.tts.synthesize(self.intro)
+        await self.tts.synthesize(self.caller_left)
+
+    async def notify_caller_left(self, leg: ConsultLeg) -> None:
+        """Tell the human the caller is gone: fixed text, never the briefing again.
+
+        The driver calls this only after the consult (and with it the briefing) has stopped.
+        """
+        await leg.play(await self.tts.synthesize(self.caller_left))
 
     async def prepare(self, briefing: Briefing) -> ScriptedPrepared:
         rest = sentences(" ".join(p for p in (briefing.summary, self.instructions) if p))
