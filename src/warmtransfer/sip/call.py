@@ -237,6 +237,9 @@ class IncomingCall(Call):
         self.ua.retransmit_ok(self, ok)
 
     async def reject(self, status: int = 486, reason: str | None = None) -> None:
+        if not 300 <= status <= 699:
+            # A 1xx or 2xx would leave the caller's INVITE open while the call counts as ended.
+            raise ValueError(f"reject needs a final error status (300 to 699), not {status}")
         if self.state is not CallState.OFFERED:
             return
         self.ua.respond(self.tx, make_response(self.invite, status, reason, to_tag=self.local_tag))
@@ -265,6 +268,9 @@ class OutgoingCall(Call):
         self.invite = invite
         self.offer = SessionDescription.parse(invite.body)
         self.final: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        # A failure nobody awaits any more (the dial task was cancelled) is not an error to log:
+        # `ended` and `end_reason` report it.
+        self.final.add_done_callback(_consume)
         self.provisional: SipResponse | None = None
         self.ringing_at: float | None = None
         self.cancel_requested = False
@@ -272,12 +278,13 @@ class OutgoingCall(Call):
         self._ack: SipRequest | None = None
 
     def on_provisional(self, response: SipResponse) -> None:
+        self.provisional = response
+        if self.cancel_requested:
+            # A CANCEL waits for a provisional response (RFC 3261 9.1), even one that comes
+            # after we gave up on the call: otherwise the phone would be left ringing.
+            self._send_cancel()
         if self.state is CallState.ENDED:
             return
-        if self.provisional is None and self.cancel_requested:
-            self.provisional = response
-            self._send_cancel()
-        self.provisional = response
         if response.status in (180, 183) and self.state is CallState.DIALING:
             self.state = CallState.RINGING
             self.ringing_at = asyncio.get_running_loop().time()
@@ -286,16 +293,16 @@ class OutgoingCall(Call):
         """A final response to our INVITE (the transaction ACKs non-2xx itself)."""
         if 200 <= response.status < 300:
             self._on_answer(response)
-        else:
-            reason = EndReason.CANCELLED if self.cancel_requested else EndReason.REJECTED
-            self._finish(reason, response.status)
         if not self.final.done():
             self.final.set_result(response)
+        if response.status >= 300:
+            reason = EndReason.CANCELLED if self.cancel_requested else EndReason.REJECTED
+            self._finish(reason, response.status)
 
     def on_timeout(self) -> None:
-        self._finish(EndReason.TIMEOUT, 408)
         if not self.final.done():
             self.final.set_exception(CallFailed(408, "Request Timeout (no response)"))
+        self._finish(EndReason.TIMEOUT, 408)
 
     def on_ok_retransmission(self) -> None:
         if self._ack is not None and self.dialog is not None:
@@ -308,9 +315,11 @@ class OutgoingCall(Call):
         self.dialog = Dialog.as_uac(self.invite, response)
         self._ack = self.dialog.create_request("ACK", self.ua.via(), cseq=self.invite.cseq[0])
         self.ua.send(self._ack, self.dialog.next_address())
-        if self.cancel_requested:
-            # The answer crossed our CANCEL: the call exists, so end it with a BYE.
-            self.state = CallState.ANSWERED
+        if self.cancel_requested or self.state is CallState.ENDED:
+            # The answer crossed our CANCEL (or came after we gave up): the call exists at the
+            # peer, so end it with a BYE. A call that already ended stays ended.
+            if self.state is not CallState.ENDED:
+                self.state = CallState.ANSWERED
             self.ua.spawn(self._send_bye())
             return
         try:
@@ -354,3 +363,24 @@ class OutgoingCall(Call):
                 await self.ended.wait()
         if not self.ended.is_set():
             self._finish(EndReason.CANCELLED)
+
+    def _finish(self, reason: EndReason, status: int | None = None) -> None:
+        if self.state is CallState.ENDED:
+            return
+        if not self.final.done():
+            # Ended before any final response (the user agent closed, a give-up timer, an
+            # early BYE): CANCEL the INVITE, and let `UserAgent.call` raise instead of waiting.
+            self.cancel()
+            self.final.set_exception(
+                CallFailed(
+                    status,
+                    f"call ended ({reason}) before a final response",
+                    cancelled=reason is EndReason.CANCELLED,
+                )
+            )
+        super()._finish(reason, status)
+
+
+def _consume(future: asyncio.Future[SipResponse]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -108,4 +108,15 @@ class Dialog:
         return True
 
     def matches(self, message: SipRequest | SipResponse) -> bool:
-        return message.call_id == self.call_id
+        """RFC 3261 12: a dialog is its Call-ID and both tags, not the Call-ID alone.
+
+        A request from the peer carries our tag in To and theirs in From; a response to one of
+        our requests carries them the other way round.
+        """
+        if message.call_id != self.call_id:
+            return False
+        if isinstance(message, SipRequest):
+            ours, theirs = message.to.tag, message.from_.tag
+        else:
+            ours, theirs = message.from_.tag, message.to.tag
+        return (ours or "") == self.local_tag and (theirs or "") == self.remote_tag

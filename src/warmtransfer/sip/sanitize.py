@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 
-_TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: a peer that splits
+# lines the way str.splitlines() does must not see a line break either.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_HEADER_VALUE = 256
 
 
@@ -24,7 +26,7 @@ def header_value(value: str, max_length: int = MAX_HEADER_VALUE) -> str:
 
 
 def header_name(name: str) -> str:
-    if not _TOKEN.match(name) or len(name) > 64:
+    if not _TOKEN.fullmatch(name) or len(name) > 64:
         raise HeaderNameError(f"{name!r} is not a valid SIP header name (RFC 3261 token)")
     return name
 

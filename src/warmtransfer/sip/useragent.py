@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from warmtransfer.media.clock import PacingClock
 from warmtransfer.media.session import RtpSession
+from warmtransfer.sip import transaction
 from warmtransfer.sip.call import (
     Call,
     CallFailed,
@@ -30,6 +32,9 @@ from warmtransfer.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    Via,
+    call_id,
+    cseq,
     is_keepalive,
     make_response,
     new_branch,
@@ -52,13 +57,16 @@ from warmtransfer.sip.transaction import (
     Terminated,
     TimedOut,
     Transaction,
+    TxState,
 )
-from warmtransfer.sip.uri import NameAddr, SipUri
+from warmtransfer.sip.uri import NameAddr, SipUri, is_token
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+_ALLOWED = frozenset(method.strip() for method in ALLOW.split(","))
+_NUMBER = re.compile(r"\+?[0-9]{1,32}")
 TraceHook = Callable[[str, bytes, Address, float], None]
 
 
@@ -118,6 +126,7 @@ class UserAgent:
         self._listeners: dict[int, Callable[[SipResponse | None], None]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ok_retransmit: dict[str, tuple[OkRetransmitter, asyncio.TimerHandle | None]] = {}
+        self._cancel_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -134,12 +143,19 @@ class UserAgent:
 
     async def close(self) -> None:
         """Hang up every call, stop every timer and close the socket."""
-        for call in list(self.calls.values()):
-            with contextlib.suppress(Exception):
+        calls = list(self.calls.values())
+        if calls:  # at once, not one after the other: a dead peer costs 2 s, not 2 s a call
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
-                    await call.hangup()
+                    await asyncio.gather(*(call.hangup() for call in calls), return_exceptions=True)
         for call in list(self.calls.values()):
             call._finish(EndReason.CLOSED)
+        # Whoever still waits for a response (a hang-up's BYE, a request()) hears "no response"
+        # now rather than never: the transactions that would have answered are going away.
+        for listener in list(self._listeners.values()):
+            with contextlib.suppress(Exception):
+                listener(None)
+        self._listeners.clear()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -151,6 +167,9 @@ class UserAgent:
             if ok_handle is not None:
                 ok_handle.cancel()
         self._ok_retransmit.clear()
+        for handle in self._cancel_deadlines.values():
+            handle.cancel()
+        self._cancel_deadlines.clear()
         self._client.clear()
         self._server.clear()
         if self._transport is not None:
@@ -224,7 +243,14 @@ class UserAgent:
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            log.info("dropped a malformed SIP message from %s:%s: %s", *addr, exc)
+            log.info("malformed SIP message from %s:%s: %s", *addr, exc)
+            try:
+                bad = _bad_request(data, str(exc), self.host)
+            except Exception:  # never let a reply to garbage take the socket down
+                log.exception("could not answer a malformed request from %s:%s", *addr)
+                return
+            if bad is not None:
+                self.send(bad, addr)
             return
         try:
             if isinstance(message, SipRequest):
@@ -262,6 +288,9 @@ class UserAgent:
         if table.get(key) is tx:
             del table[key]
         self._listeners.pop(id(tx), None)
+        handle = self._timers.pop(id(tx), None)
+        if handle is not None:
+            handle.cancel()
 
     def _schedule(self, tx: Transaction) -> None:
         handle = self._timers.pop(id(tx), None)
@@ -353,6 +382,26 @@ class UserAgent:
         tx = self._client.get((invite.vias[0].branch or "", "INVITE"))
         addr = tx.addr if tx is not None else invite.uri.host_port()
         self._start_client(cancel, addr, lambda response: None)
+        if tx is not None and invite.call_id not in self._cancel_deadlines:
+            loop = asyncio.get_running_loop()
+            self._cancel_deadlines[invite.call_id] = loop.call_later(
+                64 * transaction.T1, self._give_up_invite, tx
+            )
+
+    def _give_up_invite(self, tx: Transaction) -> None:
+        """RFC 3261 9.1: no final response 64*T1 after our CANCEL, so the INVITE is over.
+
+        Once a provisional response came, an INVITE client transaction has no timer of its own:
+        without this, a peer that goes silent would keep the call and its media socket forever.
+        """
+        invite = tx.request
+        self._cancel_deadlines.pop(invite.call_id, None)
+        if tx.state in (TxState.CALLING, TxState.PROCEEDING):
+            self._drop(tx)
+        call = self.calls.get(invite.call_id)
+        if isinstance(call, OutgoingCall) and call.invite is invite:
+            log.info("call %s: no final response to our CANCEL; giving up", call.call_id)
+            call._finish(EndReason.CANCELLED)
 
     # -- inbound messages -------------------------------------------------------------------
 
@@ -395,9 +444,16 @@ class UserAgent:
         call = self.calls.get(request.call_id)
         if method == "CANCEL":
             invite_tx = self._server.get((branch, "INVITE"))
-            if invite_tx is None or not isinstance(call, IncomingCall):
+            if not isinstance(invite_tx, ServerInviteTransaction):
                 return make_response(request, 481)
-            call.on_cancel()
+            if isinstance(call, IncomingCall):
+                call.on_cancel()
+            elif call is None:
+                # The call is still being set up (_offer_call opens its media): end the INVITE
+                # here; _offer_call sees the transaction is over and offers nothing.
+                self.respond(invite_tx, make_response(invite_tx.request, 487, to_tag=new_tag()))
+            else:
+                return make_response(request, 481)
             return make_response(request, 200)
         if method == "OPTIONS" and request.to.tag is None:
             return make_response(
@@ -407,8 +463,10 @@ class UserAgent:
             if method in ("BYE", "INFO", "UPDATE", "OPTIONS"):
                 return make_response(request, 481)
             return make_response(
-                request, 501 if method not in ALLOW else 405, extra=[("Allow", ALLOW)]
+                request, 405 if method in _ALLOWED else 501, extra=[("Allow", ALLOW)]
             )
+        if call.dialog is not None and not call.dialog.matches(request):
+            return make_response(request, 481)
         if call.dialog is not None and not call.dialog.accepts(request):
             return make_response(request, 500, "Out of Order CSeq")
         if method == "BYE":
@@ -440,7 +498,7 @@ class UserAgent:
         tx = ServerInviteTransaction(request, addr)
         self._server[(branch, "INVITE")] = tx
         if request.to.tag is not None:
-            if call is None:
+            if call is None or (call.dialog is not None and not call.dialog.matches(request)):
                 self.respond(tx, make_response(request, 481))
             elif call.dialog is not None and not call.dialog.accepts(request):
                 self.respond(tx, make_response(request, 500, "Out of Order CSeq"))
@@ -455,6 +513,9 @@ class UserAgent:
 
     async def _offer_call(self, request: SipRequest, tx: ServerInviteTransaction) -> None:
         media = await self._open_media(f"{self.name} in")
+        if tx.state is not TxState.PROCEEDING:  # CANCELled while the media socket opened
+            media.close()
+            return
         call = IncomingCall(self, request, tx, media, new_tag())
         self.calls[call.call_id] = call
         if self.on_call is not None:
@@ -493,15 +554,15 @@ class UserAgent:
         CANCELled before the CancelledError propagates.
         """
         target = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
+        addr = proxy or await _resolve(target)  # before any socket opens: nothing to leak
         media = await self._open_media(f"{self.name} out")
         try:
             invite = self._build_invite(target, media.local[1], caller_id, display, headers)
-        except Exception:
+        except BaseException:
             media.close()
             raise
         call = OutgoingCall(self, invite, media)
         self.calls[call.call_id] = call
-        addr = proxy or await _resolve(target)
 
         def listener(response: SipResponse | None) -> None:
             if response is None:
@@ -573,8 +634,8 @@ class UserAgent:
             return SipUri.parse(f"sip:{self.user}@{self.host}")
         if caller_id.startswith(("sip:", "sips:", "tel:")):
             return SipUri.parse(caller_id)
-        user = header_value(caller_id, 32)
-        if not user.lstrip("+").isalnum():
+        user = caller_id.strip()
+        if not _NUMBER.fullmatch(user):  # ASCII digits only: str.isdigit() takes "١٢٣" too
             raise ValueError(f"caller ID {caller_id!r} is neither a SIP URI nor a number")
         return SipUri.parse(f"sip:{user}@{self.host}")
 
@@ -614,3 +675,59 @@ def _stamp_received(request: SipRequest, addr: Address) -> SipRequest:
     for via in vias[1:]:
         request.headers.add("Via", via)
     return request
+
+
+_MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def _bad_request(data: bytes, error: str, host: str) -> SipResponse | None:
+    """A 400 for a malformed request that can still be answered (RFC 3261 8.2, 21.4.1), or None.
+
+    Only a request line naming a method other than ACK, with Via (whose top entry parses),
+    From, To, Call-ID and CSeq readable, gets one: they are copied as received, and the response
+    goes back to the source address, never to one named in the message. Anything less (garbage,
+    a response, a header section cut before those headers) is dropped. Stateless on purpose:
+    a retransmission gets the same 400 again.
+    """
+    head = re.split(rb"\r?\n\r?\n", data.lstrip(b"\r\n"), maxsplit=1)[0]
+    try:
+        lines = head.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    parts = lines[0].rstrip("\r").split(" ")
+    if len(parts) != 3 or not is_token(parts[0]) or parts[0] == "ACK":
+        return None
+    if not parts[2].upper().startswith("SIP/"):
+        return None
+    received = Headers()
+    for line in lines[1:]:
+        name, colon, value = line.rstrip("\r").partition(":")
+        name = name.strip(" \t")
+        if colon and is_token(name) and "\r" not in value and len(value) <= 1024:
+            received.add(name, value.strip(" \t"))
+    values = {name: received.get_all(name) for name in _MANDATORY}
+    if not all(values.values()):
+        return None
+    try:
+        Via.parse(values["Via"][0])
+    except SipParseError:
+        return None
+    to = values["To"][0]
+    if ";tag=" not in to.replace(" ", "").lower():
+        to = f"{to};tag={new_tag()}"
+    headers = Headers()
+    for via in values["Via"]:
+        headers.add("Via", via)
+    headers.add("From", values["From"][0])
+    headers.add("To", to)
+    headers.add("Call-ID", values["Call-ID"][0])
+    headers.add("CSeq", values["CSeq"][0])
+    bad = SipResponse(400, "Bad Request", headers)
+    try:  # the peer matches a response by its top Via branch and its CSeq: both must parse
+        cseq(bad)
+        call_id(bad)
+    except SipParseError:
+        return None
+    warning = header_value(error, 200).replace('"', "'").replace("\\", "/")
+    headers.add("Warning", f'399 {host} "{warning}"')
+    return bad
