@@ -612,12 +612,12 @@ async def test_garbage_never_raises_and_the_session_keeps_working(
         struct.pack("!BBHII", 0x80, 101, 1, 0, 1) + b"\x63\x80\x00\xa0",  # event 99
     ]
     for _ in range(300):
-        data = bytearray(rng.randbytes(rng.randrange(0, 200)))
-        if data and rng.random() < 0.7:
-            data[0] = 0x80 | (data[0] & 0x3F)  # version 2, random P/X/CC bits
-        if len(data) > 1 and rng.random() < 0.5:
-            data[1] = (data[1] & 0x80) | rng.choice((0, 101))
-        garbage.append(bytes(data))
+        noise_bytes = bytearray(rng.randbytes(rng.randrange(0, 200)))
+        if noise_bytes and rng.random() < 0.7:
+            noise_bytes[0] = 0x80 | (noise_bytes[0] & 0x3F)  # version 2, random P/X/CC bits
+        if len(noise_bytes) > 1 and rng.random() < 0.5:
+            noise_bytes[1] = (noise_bytes[1] & 0x80) | rng.choice((0, 101))
+        garbage.append(bytes(noise_bytes))
     # in batches, each followed by a good packet that must come through: a burst of hundreds
     # of datagrams would overflow the socket's receive buffer and prove nothing
     for batch, index in enumerate(range(0, len(garbage), 25)):
@@ -714,6 +714,26 @@ async def test_send_digits_raises_media_closed_when_closed_mid_digit(net: Net) -
     async with asyncio.timeout(2.0):
         with pytest.raises(MediaClosed):
             await sending
+
+
+async def test_overlapping_send_digits_calls_are_sent_one_after_the_other(net: Net) -> None:
+    a, b = await net.pair()
+    async with asyncio.timeout(DEADLINE):
+        await asyncio.gather(a.send_digits("12"), a.send_digits("34"))
+        keys = [(await b.keys.get()).digit for _ in range(4)]
+    assert keys == ["1", "2", "3", "4"]
+
+
+async def test_overlapping_send_digits_calls_both_raise_on_close(net: Net) -> None:
+    a, b = await net.pair()
+    first = asyncio.create_task(a.send_digits("1"))
+    second = asyncio.create_task(a.send_digits("2"))
+    async with asyncio.timeout(DEADLINE):
+        await b.keys.get()
+    a.close()
+    async with asyncio.timeout(2.0):
+        results = await asyncio.gather(first, second, return_exceptions=True)
+    assert [type(r) for r in results] == [MediaClosed, MediaClosed]
 
 
 async def test_send_digits_on_a_closed_session_raises_media_closed(net: Net) -> None:

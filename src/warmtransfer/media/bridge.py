@@ -23,6 +23,8 @@ class MediaBridge:
         self.active = True
 
     def stop(self) -> None:
+        if not self.active:
+            return  # stopped already: the legs may be in a newer bridge by now, even each other's
         if self.a.forward_to is self.b:
             self.a.forward_to = None
         if self.b.forward_to is self.a:

@@ -2,8 +2,9 @@
 
 A timer per stream would cost one wake-up per stream per 20 ms and drift apart; one clock wakes
 once per tick and serves every stream, so a hundred held callers cost one timer. Ticks are kept
-on an absolute schedule (start + n x 20 ms), so lateness never accumulates into drift; after a
-stall longer than a few ticks the schedule is re-anchored instead of bursting packets.
+on an absolute schedule (start + n x 20 ms), so lateness never accumulates into drift; a tick up
+to two periods late is caught up (at most 3 packets back to back), a later one re-anchors the
+schedule instead of bursting packets.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import deque
 from typing import Protocol
 
 PERIOD = 0.020
-_MAX_CATCH_UP = 3 * PERIOD
+_MAX_CATCH_UP = 2 * PERIOD  # later than this, a tick re-anchors the schedule
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,18 @@ class PacingClock:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self.lateness.record(max(0.0, now - self._next))
+        fired = self._handle
+        late = now - self._next
+        self.lateness.record(max(0.0, late))
         for stream in list(self._streams.values()):
             try:
                 stream.on_tick(now)
             except Exception:  # one broken stream must not silence the others
                 log.exception("paced stream failed")
+        if self._handle is not fired:
+            return  # a stream removed the last stream (and maybe added one): already handled
         self._next += PERIOD
-        if now - self._next > _MAX_CATCH_UP:
+        if late > _MAX_CATCH_UP:
             self._next = now + PERIOD
         if self._streams:
             self._handle = loop.call_at(self._next, self._tick)

@@ -86,6 +86,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._tones: list[tuple[bytes, bool]] = []
         self._tone_ts = 0
         self._tone_done: asyncio.Future[None] | None = None
+        self._dialling = asyncio.Lock()  # one digit string at a time: they share _tones
         self._silence = b""
         self._encode: Callable[[NDArray[np.int16]], bytes] | None = None
         self._decode: Callable[[bytes], NDArray[np.int16]] | None = None
@@ -250,18 +251,20 @@ class RtpSession(asyncio.DatagramProtocol):
             raise RuntimeError(
                 f"the peer of {self.name or 'this leg'} did not offer telephone-event"
             )
-        for item in parse_digit_string(digits):
-            if self._is_closed():
-                raise MediaClosed(f"RTP session {self.name} closed")
-            if isinstance(item, Pause):
-                await asyncio.sleep(item.seconds)  # a pause is part of the dial string, not sync
-                continue
-            done = asyncio.get_running_loop().create_future()
-            self._tones = [*tone_packets(item), (b"", False)]
-            self._tone_done = done
-            self._tone_ts = self._ts
-            await done
-            await asyncio.sleep(0.06)  # inter-digit gap, as dialling hardware does
+        items = parse_digit_string(digits)
+        async with self._dialling:
+            for item in items:
+                if self._is_closed():
+                    raise MediaClosed(f"RTP session {self.name} closed")
+                if isinstance(item, Pause):
+                    await asyncio.sleep(item.seconds)  # part of the dial string, not sync
+                    continue
+                done = asyncio.get_running_loop().create_future()
+                self._tones = [*tone_packets(item), (b"", False)]
+                self._tone_done = done
+                self._tone_ts = self._ts
+                await done
+                await asyncio.sleep(0.06)  # inter-digit gap, as dialling hardware does
 
     def on_tick(self, now: float) -> None:
         if self.remote is None or self.format is None or self._is_closed():
