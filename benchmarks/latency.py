@@ -38,7 +38,7 @@ async def one_transfer(engine: Engine, ring_for: float) -> dict[str, float | Non
     engine.dialer.on_leg = legs.append
     try:
         plan = TransferPlan(
-            target=Target(uri=human.uri, ring_timeout=10),
+            targets=(Target(uri=human.uri, ring_timeout=10),),
             allow=AllowList(patterns=(human.uri,)),
             consult_timeout=20,
         )

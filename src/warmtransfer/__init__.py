@@ -15,6 +15,12 @@ _EXPORTS = {
     "Engine": "warmtransfer.engine",
     "TransferPlan": "warmtransfer.transfer.plan",
     "HoldAudio": "warmtransfer.transfer.plan",
+    "Hunting": "warmtransfer.transfer.plan",
+    "Fallback": "warmtransfer.transfer.plan",
+    "MessageAndHangup": "warmtransfer.transfer.plan",
+    "ReturnToAgent": "warmtransfer.transfer.plan",
+    "PlanFileError": "warmtransfer.transfer.plan",
+    "Attempt": "warmtransfer.transfer.outcome",
     "Target": "warmtransfer.transfer.target",
     "AllowList": "warmtransfer.transfer.target",
     "DestinationNotAllowed": "warmtransfer.transfer.target",
@@ -31,13 +37,19 @@ _EXPORTS = {
 
 __all__ = [
     "AllowList",
+    "Attempt",
     "Briefing",
     "Completed",
     "DestinationNotAllowed",
     "Engine",
     "Failed",
+    "Fallback",
     "HoldAudio",
+    "Hunting",
+    "MessageAndHangup",
+    "PlanFileError",
     "Reason",
+    "ReturnToAgent",
     "State",
     "Target",
     "TransferEvent",
@@ -53,8 +65,16 @@ if TYPE_CHECKING:
     from warmtransfer.engine import Engine
     from warmtransfer.transfer.driver import WarmTransfer
     from warmtransfer.transfer.events import TransferEvent
-    from warmtransfer.transfer.outcome import Completed, Failed, Reason, TransferOutcome
-    from warmtransfer.transfer.plan import HoldAudio, TransferPlan
+    from warmtransfer.transfer.outcome import Attempt, Completed, Failed, Reason, TransferOutcome
+    from warmtransfer.transfer.plan import (
+        Fallback,
+        HoldAudio,
+        Hunting,
+        MessageAndHangup,
+        PlanFileError,
+        ReturnToAgent,
+        TransferPlan,
+    )
     from warmtransfer.transfer.states import State
     from warmtransfer.transfer.target import AllowList, DestinationNotAllowed, Target
 

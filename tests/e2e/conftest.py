@@ -22,7 +22,7 @@ from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import TransferOutcome
 from warmtransfer.transfer.plan import TransferPlan
-from warmtransfer.transfer.states import State
+from warmtransfer.transfer.states import Event, State
 from warmtransfer.transfer.target import AllowList, Target
 
 T = TypeVar("T")
@@ -72,15 +72,25 @@ class Running:
     events: list[TransferEvent] = field(default_factory=list)
     states: dict[State, asyncio.Event] = field(default_factory=dict)
 
+    seen: dict[type[Event], asyncio.Event] = field(default_factory=dict)
+
     def on_event(self, event: TransferEvent) -> None:
         self.events.append(event)
         self.reached(event.state).set()
+        self.happened(type(event.event)).set()
 
     def reached(self, state: State) -> asyncio.Event:
         return self.states.setdefault(state, asyncio.Event())
 
+    def happened(self, kind: type[Event]) -> asyncio.Event:
+        """Set once the first event of this kind (e.g. Answered, of any attempt) has happened."""
+        return self.seen.setdefault(kind, asyncio.Event())
+
     def at(self, state: State) -> float:
         return next(e.at for e in self.events if e.state is state)
+
+    def when(self, kind: type[Event]) -> float:
+        return next(e.at for e in self.events if isinstance(e.event, kind))
 
 
 @pytest.fixture
@@ -140,7 +150,7 @@ def plan_for(
     uri: str, *, ring_timeout: float = 15.0, consult_timeout: float = 30.0, dtmf: str = ""
 ) -> TransferPlan:
     return TransferPlan(
-        target=Target(uri=uri, ring_timeout=ring_timeout, dtmf=dtmf),
+        targets=(Target(uri=uri, ring_timeout=ring_timeout, dtmf=dtmf),),
         allow=AllowList(patterns=("sip:human@127.0.0.1:*",)),
         consult_timeout=consult_timeout,
     )

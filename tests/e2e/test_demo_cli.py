@@ -45,7 +45,7 @@ async def test_demo_accept_and_decline(tmp_path: Path) -> None:
     assert accepted["outcome"] == "completed"
     assert all(value is not None for value in accepted["figures"].values()), accepted
     assert "INVITE sip:sam@127.0.0.1" in accept_out  # the live timeline shows the SIP flow
-    assert "consulting → bridging" in accept_out
+    assert "hunting → bridging" in accept_out
 
     declined = json.loads((tmp_path / "decline" / "summary.json").read_text())
     assert declined["outcome"] == "declined"

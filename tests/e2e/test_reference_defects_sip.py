@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
 from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
 from warmtransfer.transfer.outcome import Failed, Reason
-from warmtransfer.transfer.states import State
+from warmtransfer.transfer.states import Answered, State
 
 pytestmark = pytest.mark.peers
 
@@ -41,7 +41,7 @@ async def test_consult_has_a_deadline(
         leg, outcome = await finish(await call_in(running, caller, plan), timeout=20)
         assert isinstance(outcome, Failed)
         assert outcome.reason is Reason.CONSULT_TIMEOUT
-        consulting = running.at(State.CONSULTING)
+        consulting = running.when(Answered)
         assert 2.9 < outcome.ended - consulting < 4.5
         assert leg.ai_connected
         assert await human.wait(timeout=10) == 0, human.messages()  # it got our BYE

@@ -29,7 +29,7 @@ from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
 from warmtransfer.transfer.outcome import Completed, Failed, Reason
 from warmtransfer.transfer.plan import TransferPlan
-from warmtransfer.transfer.states import State
+from warmtransfer.transfer.states import Answered, Ringing, State
 from warmtransfer.transfer.target import AllowList, DestinationNotAllowed, Target
 
 pytestmark = pytest.mark.peers
@@ -46,7 +46,7 @@ async def test_baresip_caller_to_baresip_human_accept_by_key(
         await caller.wait_event("CALL_ESTABLISHED")
         await human.wait_event("CALL_ESTABLISHED", timeout=15)
         async with asyncio.timeout(10):
-            await running.reached(State.CONSULTING).wait()
+            await running.happened(Answered).wait()
         # Let the human hear three seconds of the briefing, then accept with a key.
         await human.wait_recorded(3.0)
         await human.send_dtmf("1")
@@ -66,7 +66,7 @@ async def test_baresip_caller_to_baresip_human_accept_by_key(
 
     # Times on each peer's recording: the caller's starts when it answered the engine, the
     # human's when the engine's call to it was answered.
-    answered = running.at(State.CONSULTING)
+    answered = running.when(Answered)
     hold_start = running.at(State.HOLDING)
     bridged = running.at(State.COMPLETED)
     call_start = leg.call.answered_at
@@ -154,7 +154,7 @@ async def test_caller_hangs_up_while_human_rings(
     ):
         engine_side = await call_in(running, caller, plan_for(human.uri))
         async with asyncio.timeout(10):
-            await running.reached(State.RINGING).wait()
+            await running.happened(Ringing).wait()
         await caller.hangup()
         _, outcome = await finish(engine_side)
         assert isinstance(outcome, Failed)
@@ -191,7 +191,7 @@ async def test_destination_outside_the_allow_list_is_never_dialled(
     running: Running, tmp_path: Path, caller_wav: Path, need_baresip: None
 ) -> None:
     plan = TransferPlan(
-        target=Target(uri="sip:+19005551234@premium.example.net"),
+        targets=(Target(uri="sip:+19005551234@premium.example.net"),),
         allow=AllowList(patterns=("sip:*@pbx.example.com",)),
     )
     async with baresip_caller(tmp_path, caller_wav) as caller:

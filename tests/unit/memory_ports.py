@@ -8,13 +8,17 @@ records what was done to it, so a test can assert what the caller and the human 
 They keep the port contracts the driver relies on (ports.py): a cancelled dial records the
 cancellation and re-raises; `hangup` and `unhold` are idempotent; `wait_hangup` returns once the
 leg has ended. `_conforms` below lets mypy check them against the Protocols.
+
+They also count what could leak (a dial still pending, a playback still running, a waiter still
+subscribed to a leg, a caller still on hold), so a test can prove that nothing is left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from warmtransfer.consult.ports import Briefing, Consultant, ConsultLeg, Decision, LegGone, Verdict
 from warmtransfer.media.audio import AudioClip
@@ -42,6 +46,10 @@ class _Changes:
             if not waiter.done():
                 waiter.set_result(None)
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
 
 async def _forever() -> None:
     await asyncio.Event().wait()
@@ -58,19 +66,29 @@ class MemoryCaller:
         hold_error: Exception | None = None,
         unhold_error: Exception | None = None,
         wait_hangup_error: Exception | None = None,
+        message_gate: asyncio.Event | None = None,
+        message_error: Exception | None = None,
+        hangup_error: Exception | None = None,
     ) -> None:
         self.hold_gate = hold_gate
         self.unhold_gate = unhold_gate
         self.hold_error = hold_error
         self.unhold_error = unhold_error
         self.wait_hangup_error = wait_hangup_error
+        self.message_gate = message_gate
+        self.message_error = message_error
+        self.hangup_error = hangup_error
         self.hold_calls: list[HoldAudio] = []
         self.unhold_calls = 0
+        self.messages: list[str] = []
+        self.hangup_calls = 0
         self.held = False
         self.bridged_to: TargetLeg | None = None
         self.hold_started = asyncio.Event()
         self.unhold_started = asyncio.Event()
+        self.message_started = asyncio.Event()
         self._gone = asyncio.Event()
+        self._hung_up_by_us = False
 
     async def hold(self, audio: HoldAudio) -> None:
         self.hold_calls.append(audio)
@@ -90,6 +108,24 @@ class MemoryCaller:
             raise self.unhold_error
         self.held = False
 
+    async def play_message(self, text: str) -> None:
+        self.messages.append(text)
+        self.held = False  # the message replaces the hold music
+        self.message_started.set()
+        if self.message_gate is not None:
+            await self.message_gate.wait()
+        if self.message_error is not None:
+            raise self.message_error
+
+    async def hangup(self) -> None:
+        self.hangup_calls += 1
+        if self.hangup_error is not None:
+            raise self.hangup_error
+        if not self.hung_up:
+            self._hung_up_by_us = True
+        self.held = False
+        self._gone.set()
+
     async def wait_hangup(self) -> None:
         if self.wait_hangup_error is not None:
             raise self.wait_hangup_error
@@ -99,13 +135,24 @@ class MemoryCaller:
     def hung_up(self) -> bool:
         return self._gone.is_set()
 
+    @property
+    def hung_up_by_us(self) -> bool:
+        """We ended the caller's call (message_and_hangup), not the caller."""
+        return self._hung_up_by_us
+
     def hang_up(self) -> None:
+        """The caller hangs up."""
         self._gone.set()
 
     @property
     def with_ai(self) -> bool:
         """Back with the AI: not held, not bridged, still there."""
         return not self.held and self.bridged_to is None and not self.hung_up
+
+    @property
+    def hold_playing(self) -> bool:
+        """Hold music still going to a caller who is still there: a leaked player."""
+        return self.held and not self.hung_up
 
 
 class MemoryTargetLeg:
@@ -125,6 +172,7 @@ class MemoryTargetLeg:
         self.on_key_request = on_key_request
         self.on_play = on_play
         self.played: list[AudioClip] = []
+        self.plays_active = 0
         self.digits_sent: list[str] = []
         self.hangup_calls = 0
         self.hung_up_by_far_end = False
@@ -165,12 +213,21 @@ class MemoryTargetLeg:
         if self.on_play is not None:
             self.on_play(self)
         stops = self._stops
-        while self.play_blocks and not self._playback_done and stops == self._stops:
-            if self.hung_up:
-                raise LegGone("the target hung up during playback")
-            await self._changes.wait()
+        self.plays_active += 1
+        try:
+            while self.play_blocks and not self._playback_done and stops == self._stops:
+                if self.hung_up:
+                    raise LegGone("the target hung up during playback")
+                await self._changes.wait()
+        finally:
+            self.plays_active -= 1
         if self.hung_up:
             raise LegGone("the target hung up during playback")
+
+    @property
+    def waiters(self) -> int:
+        """Coroutines still waiting on this leg (a key, a playback): each would be a leak."""
+        return self._changes.waiting
 
     def stop_playback(self) -> None:
         self._stops += 1
@@ -216,12 +273,36 @@ class MemoryTargetLeg:
             raise error
 
 
-class MemoryDialer:
-    """Scripted dial: answer with `answer`, raise `fail`, or (neither) ring until cancelled.
+@dataclass
+class DialScript:
+    """How one dial of one target goes: answered with `answer`, failed with `fail`, or (neither)
+    ringing until cancelled. `ring_gate` holds it before its provisional responses,
+    `answer_gate` before its final one; None to go straight on."""
 
-    `ring_gate` holds the dial before its provisional responses, `answer_gate` before the final
-    one; each is None to go straight on.
-    """
+    answer: MemoryTargetLeg | None = None
+    fail: Exception | None = None
+    ringing: Sequence[int] = (180,)
+    ring_gate: asyncio.Event | None = None
+    answer_gate: asyncio.Event | None = None
+
+
+@dataclass
+class DialRecord:
+    """One call of `dial`, as the test sees it."""
+
+    target: Target
+    script: DialScript
+    pending: bool = True
+    cancelled: bool = False
+    leg: MemoryTargetLeg | None = None
+    ringing_started: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MemoryDialer:
+    """Scripted dials. With `routes`, each target URI has its own scripts, one per dial, in
+    order (a target dialled in two rounds needs two); without, every dial follows the one script
+    given by the other arguments."""
 
     def __init__(
         self,
@@ -231,45 +312,83 @@ class MemoryDialer:
         ringing: Sequence[int] = (180,),
         ring_gate: asyncio.Event | None = None,
         answer_gate: asyncio.Event | None = None,
+        routes: Mapping[str, DialScript | Sequence[DialScript]] | None = None,
     ) -> None:
-        self.answer = answer
-        self.fail = fail
-        self.ringing = tuple(ringing)
-        self.ring_gate = ring_gate
-        self.answer_gate = answer_gate
-        self.targets: list[Target] = []
-        self.legs: list[MemoryTargetLeg] = []
-        self.pending = False
-        self.cancelled = False
+        self.default = DialScript(answer, fail, tuple(ringing), ring_gate, answer_gate)
+        self.routes: dict[str, deque[DialScript]] | None = None
+        if routes is not None:
+            self.routes = {
+                uri: deque([scripts] if isinstance(scripts, DialScript) else scripts)
+                for uri, scripts in routes.items()
+            }
+        self.dials: list[DialRecord] = []
         self.started = asyncio.Event()
         self.ringing_started = asyncio.Event()
+        self._started_for: dict[str, asyncio.Event] = {}
+
+    # -- what the test reads -----------------------------------------------------------------
+
+    @property
+    def targets(self) -> list[Target]:
+        return [dial.target for dial in self.dials]
+
+    @property
+    def legs(self) -> list[MemoryTargetLeg]:
+        return [dial.leg for dial in self.dials if dial.leg is not None]
+
+    @property
+    def pending(self) -> bool:
+        return any(dial.pending for dial in self.dials)
+
+    @property
+    def cancelled(self) -> bool:
+        return any(dial.cancelled for dial in self.dials)
+
+    def to(self, uri: str) -> list[DialRecord]:
+        return [dial for dial in self.dials if dial.target.uri == uri]
+
+    def started_for(self, uri: str) -> asyncio.Event:
+        return self._started_for.setdefault(uri, asyncio.Event())
+
+    # -- Dialer ------------------------------------------------------------------------------
+
+    def _script(self, target: Target) -> DialScript:
+        if self.routes is None:
+            return self.default
+        scripts = self.routes.get(target.uri)
+        assert scripts, f"the test did not script a dial to {target.uri}"
+        return scripts.popleft()
 
     async def dial(self, target: Target, on_ringing: Callable[[int], None]) -> TargetLeg:
-        self.targets.append(target)
-        self.pending = True
+        script = self._script(target)
+        record = DialRecord(target, script)
+        self.dials.append(record)
         self.started.set()
+        self.started_for(target.uri).set()
         try:
-            if self.ring_gate is not None:
-                await self.ring_gate.wait()
-            for status in self.ringing:
+            if script.ring_gate is not None:
+                await script.ring_gate.wait()
+            for status in script.ringing:
                 on_ringing(status)
-            if self.ringing:
+            if script.ringing:
+                record.ringing_started.set()
                 self.ringing_started.set()
-            if self.answer_gate is not None:
-                await self.answer_gate.wait()
-            if self.fail is not None:
-                raise self.fail
-            if self.answer is None:
+            if script.answer_gate is not None:
+                await script.answer_gate.wait()
+            if script.fail is not None:
+                raise script.fail
+            if script.answer is None:
                 await _forever()
-            assert self.answer is not None
+            assert script.answer is not None
             # No await between answering and returning: an answer cannot cross a cancel here.
-            self.legs.append(self.answer)
-            return self.answer
+            record.leg = script.answer
+            return script.answer
         except asyncio.CancelledError:
-            self.cancelled = True  # a real dialer sends CANCEL here
+            record.cancelled = True  # a real dialer sends CANCEL here
             raise
         finally:
-            self.pending = False
+            record.pending = False
+            record.ended.set()
 
 
 class MemoryBridge:
@@ -365,14 +484,41 @@ class StallingConsultant(KeyConsultant):
 
 
 class NotifyingConsultant(KeyConsultant):
-    """Has the optional caller-left hook; records the legs it was asked to tell."""
+    """Has the optional caller-left hook: plays NOTICE on the leg, and records the legs it told
+    (and whether each was still up then)."""
+
+    NOTICE = AudioClip.silence(0.25)
 
     def __init__(self) -> None:
         super().__init__()
         self.notified: list[ConsultLeg] = []
+        self.up_when_told: list[bool] = []
 
     async def notify_caller_left(self, leg: ConsultLeg) -> None:
         self.notified.append(leg)
+        if isinstance(leg, MemoryTargetLeg):
+            self.up_when_told.append(not leg.hung_up)
+        await leg.play(self.NOTICE)
+
+
+class SameMomentConsultant(KeyConsultant):
+    """Every human accepts the moment `go` is set: all their consults return in the same
+    event-loop iteration (the race of two humans saying yes at once)."""
+
+    def __init__(self, go: asyncio.Event) -> None:
+        super().__init__()
+        self.go = go
+        self.waiting = 0
+        self.all_waiting = asyncio.Event()
+        self.expected = 2
+
+    async def consult(self, leg: ConsultLeg, prepared: object) -> Decision:
+        self.consult_started.set()
+        self.waiting += 1
+        if self.waiting >= self.expected:
+            self.all_waiting.set()
+        await self.go.wait()
+        return Decision(Verdict.ACCEPT, via="same moment")
 
 
 def _conforms() -> None:

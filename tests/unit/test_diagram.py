@@ -33,7 +33,7 @@ def test_every_transition_is_drawn() -> None:
                 edges[(before, name.strip())] = after
     expected = {(s.name, t.__name__): after.name for (s, t), after in TRANSITIONS.items()}
     assert edges == expected
-    for terminal in ("COMPLETED", "FAILED", "ABANDONED"):
+    for terminal in ("COMPLETED", "FAILED", "DISMISSED", "ABANDONED"):
         assert f"    {terminal} --> [*]" in mermaid
 
 

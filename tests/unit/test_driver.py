@@ -9,12 +9,12 @@ the tests of deadlines, which use deadlines of a few tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from pydantic import ValidationError
 
 from tests.unit.memory_ports import (
     KeyConsultant,
@@ -25,6 +25,7 @@ from tests.unit.memory_ports import (
     NotifyingConsultant,
     StallingConsultant,
 )
+from tests.unit.transfer_checks import no_leaks
 from warmtransfer.consult.ports import Briefing, ConsultLeg
 from warmtransfer.transfer import (
     TRANSITIONS,
@@ -53,6 +54,7 @@ from warmtransfer.transfer.states import (
     CallerHungUp,
     Cancelled,
     Declined,
+    HuntExhausted,
     PortFailed,
     Ringing,
 )
@@ -69,6 +71,7 @@ def make_plan(
     ring_timeout: float = 30.0,
     consult_timeout: float = 60.0,
     allow: AllowList = ALLOW,
+    transfer_timeout: float | None = None,
 ) -> TransferPlan:
     target = Target(
         uri="sip:alice@pbx.example.com",
@@ -77,7 +80,11 @@ def make_plan(
         ring_timeout=ring_timeout,
     )
     return TransferPlan(
-        target=target, allow=allow, hold_audio=HOLD, consult_timeout=consult_timeout
+        targets=(target,),
+        allow=allow,
+        hold_audio=HOLD,
+        consult_timeout=consult_timeout,
+        transfer_timeout=transfer_timeout,
     )
 
 
@@ -91,10 +98,10 @@ class Harness:
     bridge: MemoryBridge = field(default_factory=MemoryBridge)
     consultant: KeyConsultant = field(default_factory=KeyConsultant)
     plan: TransferPlan = field(default_factory=make_plan)
-    transfer_timeout: float | None = None
     on_event: Callable[[TransferEvent], None] | None = None
     seen: list[TransferEvent] = field(default_factory=list)
     reached: dict[State, asyncio.Event] = field(default_factory=dict)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         if self.dialer is None:
@@ -109,7 +116,6 @@ class Harness:
             briefing=BRIEFING,
             transfer_id="t-1",
             on_event=self._record,
-            transfer_timeout=self.transfer_timeout,
         )
 
     @property
@@ -120,6 +126,8 @@ class Harness:
     def _record(self, event: TransferEvent) -> None:
         self.seen.append(event)
         self.reached[event.state].set()
+        if isinstance(event.event, Answered):
+            self.answered.set()
         if self.on_event is not None:
             self.on_event(event)
 
@@ -129,13 +137,8 @@ class Harness:
     def states(self) -> list[State]:
         return [event.state for event in self.transfer.timeline]
 
-
-@contextlib.asynccontextmanager
-async def no_leaks(deadline: float = 3.0) -> AsyncIterator[None]:
-    baseline = asyncio.all_tasks()
-    async with asyncio.timeout(deadline):
-        yield
-    assert asyncio.all_tasks() == baseline, "a task outlived the transfer"
+    def names(self) -> list[str]:
+        return [event.event.name for event in self.transfer.timeline]
 
 
 def assert_legal_timeline(h: Harness) -> None:
@@ -155,10 +158,15 @@ def assert_legal_timeline(h: Harness) -> None:
 
 
 def assert_released(h: Harness) -> None:
-    """No dial pending; every answered leg either bridged or hung up by us."""
+    """No dial pending; every answered leg either bridged or hung up by us, with no playback
+    running and nothing waiting on it; no event iterator left open."""
     assert not h.dial.pending
     for leg in h.dial.legs:
         assert leg.bridged or leg.hung_up_by_us
+        assert leg.plays_active == 0
+        assert leg.waiters == 0
+    assert h.transfer._stream.closed
+    assert not h.caller.hold_playing or h.caller.bridged_to is not None
 
 
 def assert_back_with_ai(h: Harness, outcome: TransferOutcome, reason: Reason) -> Failed:
@@ -224,28 +232,40 @@ async def test_completed_transfer_step_by_step() -> None:
         await dialer.ringing_started.wait()
         # The briefing is rendered while the target rings, not after the answer.
         await h.consultant.prepare_done.wait()
-        assert h.transfer.state is S.RINGING
+        assert h.transfer.state is S.HUNTING
+        assert h.names()[-1] == "Ringing"
         assert h.caller.held
         assert h.caller.hold_calls == [HOLD]
         assert h.consultant.briefings == [BRIEFING]
         answer.set()
         await leg.key_requested.wait()
-        assert h.states()[-1] is S.CONSULTING
+        assert h.names()[-1] == "Answered"
         leg.press("1")
         outcome = await task
 
     assert isinstance(outcome, Completed)
     assert outcome.ok
     assert outcome.reason is Reason.COMPLETED
-    assert outcome.target == h.plan.target
+    assert outcome.target == h.plan.targets[0]
+    assert outcome.winner == 0
+    assert not outcome.fallback
     assert h.states() == [
         S.HOLDING,
-        S.HOLDING,
-        S.DIALING,
-        S.RINGING,
-        S.CONSULTING,
+        S.HUNTING,
+        S.HUNTING,
+        S.HUNTING,
+        S.HUNTING,
         S.BRIDGING,
         S.COMPLETED,
+    ]
+    assert h.names() == [
+        "Start",
+        "HoldStarted",
+        "DialStarted",
+        "Ringing",
+        "Answered",
+        "Accepted",
+        "Bridged",
     ]
     accepted = h.transfer.timeline[5].event
     assert isinstance(accepted, Accepted)
@@ -257,7 +277,7 @@ async def test_completed_transfer_step_by_step() -> None:
     assert leg.hangup_calls == 0, "the bridge owns the target leg now"
     assert h.caller.bridged_to is leg
     (attempt,) = outcome.attempts
-    assert attempt.target == h.plan.target
+    assert attempt.target == h.plan.targets[0]
     assert attempt.reason is Reason.COMPLETED
     assert attempt.ringing is not None
     assert attempt.answered is not None
@@ -275,7 +295,7 @@ async def test_answer_without_ringing_and_repeated_ringing() -> None:
         h = Harness(leg=leg, dialer=MemoryDialer(answer=leg, ringing=()))
         outcome = await h.transfer.run()
     assert isinstance(outcome, Completed)
-    assert h.states()[2:4] == [S.DIALING, S.CONSULTING]
+    assert h.names()[2:4] == ["DialStarted", "Answered"]
     assert outcome.attempts[0].ringing is None
 
     async with no_leaks():
@@ -283,7 +303,7 @@ async def test_answer_without_ringing_and_repeated_ringing() -> None:
         h = Harness(leg=leg, dialer=MemoryDialer(answer=leg, ringing=(180, 183)))
         outcome = await h.transfer.run()
     assert isinstance(outcome, Completed)
-    assert h.states()[2:5] == [S.DIALING, S.RINGING, S.RINGING]
+    assert h.names()[2:5] == ["DialStarted", "Ringing", "Ringing"]
     statuses = [e.event.sip_status for e in h.transfer.timeline if isinstance(e.event, Ringing)]
     assert statuses == [180, 183]
 
@@ -346,7 +366,10 @@ async def test_dial_failure_is_typed_and_gives_the_caller_back(
     assert attempt.ringing is not None
     assert attempt.ended is not None
     assert attempt.started <= attempt.ended <= failed.ended
-    assert isinstance(h.transfer.timeline[-2].event, AttemptFailed)
+    assert isinstance(h.transfer.timeline[-3].event, AttemptFailed)
+    exhausted = h.transfer.timeline[-2].event
+    assert isinstance(exhausted, HuntExhausted)
+    assert (exhausted.reason, exhausted.sip_status, exhausted.attempt) == (reason, status, 0)
     assert h.dial.legs == []
 
 
@@ -373,7 +396,7 @@ async def test_declined_with_reason() -> None:
     failed = assert_back_with_ai(h, outcome, Reason.DECLINED)
     assert failed.detail == KeyConsultant.DECLINE_REASON
     assert h.leg.hung_up_by_us
-    declined = h.transfer.timeline[-2].event
+    declined = h.transfer.timeline[-3].event
     assert isinstance(declined, Declined)
     assert declined.via == "key 2"
     (attempt,) = failed.attempts
@@ -482,18 +505,18 @@ async def test_caller_hangs_up_at_any_moment(moment: str) -> None:
         "holding": h.caller.hold_started.wait,
         "dialing": h.dial.started.wait,
         "ringing": h.dial.ringing_started.wait,
-        "preparing": h.reached[S.CONSULTING].wait,
+        "preparing": h.answered.wait,
         "briefing": leg.playing.wait,
         "deciding": leg.key_requested.wait,
         "bridging": h.bridge.started.wait,
     }
     expected_state = {
         "holding": S.HOLDING,
-        "dialing": S.DIALING,
-        "ringing": S.RINGING,
-        "preparing": S.CONSULTING,
-        "briefing": S.CONSULTING,
-        "deciding": S.CONSULTING,
+        "dialing": S.HUNTING,
+        "ringing": S.HUNTING,
+        "preparing": S.HUNTING,
+        "briefing": S.HUNTING,
+        "deciding": S.HUNTING,
         "bridging": S.BRIDGING,
     }[moment]
     answered = moment in ("preparing", "briefing", "deciding", "bridging")
@@ -558,7 +581,7 @@ async def test_caller_gone_when_the_transfer_fails_is_not_unheld() -> None:
     caller = MemoryCaller()
 
     def hang_up_on_decline(event: TransferEvent) -> None:
-        if isinstance(event.event, Declined):
+        if isinstance(event.event, HuntExhausted):  # the transfer has just failed
             caller.hang_up()
 
     async with no_leaks():
@@ -698,7 +721,9 @@ async def test_cancelling_run_itself_cleans_up_then_reraises(moment: str) -> Non
 
 async def test_transfer_deadline_while_holding() -> None:
     async with no_leaks():
-        h = Harness(caller=MemoryCaller(hold_gate=asyncio.Event()), transfer_timeout=0.05)
+        h = Harness(
+            caller=MemoryCaller(hold_gate=asyncio.Event()), plan=make_plan(transfer_timeout=0.05)
+        )
         outcome = await h.transfer.run()
     assert_back_with_ai(h, outcome, Reason.TRANSFER_TIMEOUT)
     assert h.dial.targets == []
@@ -707,7 +732,9 @@ async def test_transfer_deadline_while_holding() -> None:
 async def test_transfer_deadline_while_bridging() -> None:
     bridge = MemoryBridge(gate=asyncio.Event())
     async with no_leaks():
-        h = Harness(leg=MemoryTargetLeg(keys="1"), bridge=bridge, transfer_timeout=0.05)
+        h = Harness(
+            leg=MemoryTargetLeg(keys="1"), bridge=bridge, plan=make_plan(transfer_timeout=0.05)
+        )
         outcome = await h.transfer.run()
     assert_back_with_ai(h, outcome, Reason.TRANSFER_TIMEOUT)
     assert bridge.cancelled
@@ -715,8 +742,8 @@ async def test_transfer_deadline_while_bridging() -> None:
 
 
 def test_transfer_timeout_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        Harness(transfer_timeout=-1.0)
+    with pytest.raises(ValidationError, match="transfer_timeout"):
+        make_plan(transfer_timeout=-1.0)
 
 
 # -- 9. unexpected exceptions from ports ------------------------------------------------------
@@ -726,18 +753,21 @@ BOOM = RuntimeError("boom")
 
 def _broken(where: str) -> Harness:
     leg = MemoryTargetLeg(keys="1", errors={"send_digits": BOOM} if where == "digits" else None)
+    dialer = MemoryDialer(
+        answer=leg,
+        fail=BOOM if where == "dial" else None,
+        answer_gate=asyncio.Event() if where == "prepare" else None,
+    )
     return Harness(
         caller=MemoryCaller(
             hold_error=BOOM if where == "hold" else None,
             wait_hangup_error=BOOM if where == "caller watch" else None,
         ),
         leg=leg,
-        dialer=MemoryDialer(
-            answer=leg,
-            fail=BOOM if where == "dial" else None,
-            answer_gate=asyncio.Event() if where == "prepare" else None,
-        ),
+        dialer=dialer,
         consultant=KeyConsultant(
+            # the briefing fails while the target rings
+            prepare_gate=dialer.ringing_started if where == "prepare" else None,
             prepare_error=BOOM if where == "prepare" else None,
             consult_error=BOOM if where == "consult" else None,
         ),

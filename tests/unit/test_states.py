@@ -9,19 +9,25 @@ import pytest
 
 from warmtransfer.transfer.outcome import Reason
 from warmtransfer.transfer.states import (
+    ATTEMPT_EVENT_TYPES,
     EVENT_TYPES,
     TERMINAL_STATES,
     TRANSITIONS,
     Accepted,
     Answered,
+    AttemptEvent,
     AttemptFailed,
     BridgeBroke,
     Bridged,
     CallerHungUp,
     Cancelled,
+    ConsultTimedOut,
+    Declined,
     DialStarted,
+    Dismissed,
     Event,
     HoldStarted,
+    HuntExhausted,
     IllegalTransition,
     PortFailed,
     Recovered,
@@ -31,6 +37,7 @@ from warmtransfer.transfer.states import (
     TargetHungUp,
     TransferStateMachine,
     TransferTimedOut,
+    VoicemailDetected,
     allowed_events,
     is_terminal,
 )
@@ -47,8 +54,12 @@ def make(event_type: type[Event], at: float = 1.0) -> Event:
             data["target"] = TARGET
         elif field.name == "sip_status":
             data["sip_status"] = 180
-        elif field.name == "reason" and event_type is AttemptFailed:
+        elif field.name == "reason" and event_type in (AttemptFailed, HuntExhausted):
             data["reason"] = Reason.BUSY
+        elif field.name == "attempt":
+            data["attempt"] = 0
+        elif field.name == "message":
+            data["message"] = "We are closed."
         elif field.name == "timeout":
             data["timeout"] = 5.0
         elif field.name == "port":
@@ -60,13 +71,13 @@ def make(event_type: type[Event], at: float = 1.0) -> Event:
 PATH_TO: dict[State, list[type[Event]]] = {
     State.IDLE: [],
     State.HOLDING: [Start],
-    State.DIALING: [Start, HoldStarted, DialStarted],
-    State.RINGING: [Start, HoldStarted, DialStarted, Ringing],
-    State.CONSULTING: [Start, HoldStarted, DialStarted, Ringing, Answered],
+    State.HUNTING: [Start, HoldStarted, DialStarted, Ringing],
     State.BRIDGING: [Start, HoldStarted, DialStarted, Ringing, Answered, Accepted],
     State.COMPLETED: [Start, HoldStarted, DialStarted, Answered, Accepted, Bridged],
-    State.RECOVERING: [Start, HoldStarted, DialStarted, AttemptFailed],
-    State.FAILED: [Start, HoldStarted, DialStarted, AttemptFailed, Recovered],
+    State.RECOVERING: [Start, HoldStarted, DialStarted, AttemptFailed, HuntExhausted],
+    State.FALLBACK: [Start, HoldStarted, DialStarted, AttemptFailed, HuntExhausted, DialStarted],
+    State.FAILED: [Start, HoldStarted, DialStarted, AttemptFailed, HuntExhausted, Recovered],
+    State.DISMISSED: [Start, HoldStarted, HuntExhausted, Dismissed],
     State.ABANDONED: [Start, CallerHungUp],
 }
 
@@ -142,7 +153,7 @@ def test_illegal_count_is_the_complement_of_the_table() -> None:
 
 def test_example_message_from_the_rules() -> None:
     with pytest.raises(IllegalTransition, match="event Answered is not allowed in state HOLDING"):
-        machine_in(State.HOLDING).handle(Answered(at=1.0))
+        machine_in(State.HOLDING).handle(Answered(at=1.0, attempt=0))
 
 
 @pytest.mark.parametrize("state", sorted(TERMINAL_STATES))
@@ -156,10 +167,12 @@ def test_terminal_states_accept_nothing(state: State) -> None:
     assert machine.state is state
 
 
-def test_terminal_states_are_exactly_three() -> None:
+def test_terminal_states_are_the_callers_three_places() -> None:
+    """Bridged to a human, back with the AI, or gone (left, or hung up on by the plan)."""
     assert {s for s in State if is_terminal(s)} == {
         State.COMPLETED,
         State.FAILED,
+        State.DISMISSED,
         State.ABANDONED,
     }
 
@@ -181,20 +194,47 @@ def test_cancel_and_deadline_recover_from_every_live_state_but_recovering(
 def test_failures_reach_failed_only_through_recovering() -> None:
     into_failed = {key for key, after in TRANSITIONS.items() if after is State.FAILED}
     assert into_failed == {(State.RECOVERING, Recovered), (State.RECOVERING, PortFailed)}
-    for state in (State.DIALING, State.RINGING, State.CONSULTING, State.BRIDGING):
+    into_dismissed = {key for key, after in TRANSITIONS.items() if after is State.DISMISSED}
+    assert into_dismissed == {(State.RECOVERING, Dismissed)}
+    for state in (State.HOLDING, State.HUNTING, State.FALLBACK, State.BRIDGING):
         assert TRANSITIONS[(state, PortFailed)] is State.RECOVERING
+    assert TRANSITIONS[(State.HUNTING, HuntExhausted)] is State.RECOVERING
+    assert TRANSITIONS[(State.FALLBACK, AttemptFailed)] is State.RECOVERING
     assert TRANSITIONS[(State.BRIDGING, TargetHungUp)] is State.RECOVERING
     assert TRANSITIONS[(State.BRIDGING, BridgeBroke)] is State.RECOVERING
     assert TRANSITIONS[(State.RECOVERING, CallerHungUp)] is State.ABANDONED
 
 
-def test_answer_without_provisional_and_repeated_ringing() -> None:
-    machine = machine_in(State.DIALING)
-    assert machine.handle(Answered(at=5.0)) is State.CONSULTING  # 200 with no 180 first
+def test_attempt_events_are_recorded_while_hunting() -> None:
+    """Rule 4: attempts come and go while the caller stays held; only Accepted leaves."""
+    for event_type in ATTEMPT_EVENT_TYPES:
+        expected = State.BRIDGING if event_type is Accepted else State.HUNTING
+        assert TRANSITIONS[(State.HUNTING, event_type)] is expected, event_type
+    assert all(
+        TRANSITIONS.get((state, t)) is None
+        for state in (State.IDLE, State.HOLDING, State.COMPLETED, State.FAILED)
+        for t in ATTEMPT_EVENT_TYPES
+    )
 
-    machine = machine_in(State.RINGING)
-    assert machine.handle(Ringing(at=5.0, sip_status=183)) is State.RINGING  # 183 after 180
-    assert machine.handle(Answered(at=6.0)) is State.CONSULTING
+
+def test_a_second_accept_is_illegal() -> None:
+    """Two humans saying yes: the table lets only the first one through."""
+    machine = machine_in(State.HUNTING)
+    machine.handle(Accepted(at=5.0, attempt=0))
+    with pytest.raises(IllegalTransition, match="event Accepted is not allowed in state BRIDGING"):
+        machine.handle(Accepted(at=5.0, attempt=1))
+
+
+def test_the_fallback_is_bridged_without_a_consult() -> None:
+    machine = machine_in(State.FALLBACK)
+    assert not machine.allows(Accepted)
+    assert machine.handle(Ringing(at=9.0, attempt=1, sip_status=180)) is State.FALLBACK
+    assert machine.handle(Answered(at=9.5, attempt=1)) is State.BRIDGING
+    assert machine.handle(Bridged(at=10.0)) is State.COMPLETED
+
+    machine = machine_in(State.FALLBACK)
+    assert machine.handle(make(AttemptFailed)) is State.RECOVERING
+    assert machine.handle(make(Recovered)) is State.FAILED
 
 
 def test_the_happy_path_in_order() -> None:
@@ -202,19 +242,19 @@ def test_the_happy_path_in_order() -> None:
     path = [
         Start(at=0.0),
         HoldStarted(at=0.1),
-        DialStarted(at=0.2, target=TARGET),
-        Ringing(at=0.3, sip_status=180),
-        Answered(at=1.0),
-        Accepted(at=2.0, via="key 1"),
+        DialStarted(at=0.2, attempt=0, target=TARGET),
+        Ringing(at=0.3, attempt=0, sip_status=180),
+        Answered(at=1.0, attempt=0),
+        Accepted(at=2.0, attempt=0, via="key 1"),
         Bridged(at=2.1),
     ]
     states = [machine.handle(event) for event in path]
     assert states == [
         State.HOLDING,
-        State.HOLDING,
-        State.DIALING,
-        State.RINGING,
-        State.CONSULTING,
+        State.HUNTING,
+        State.HUNTING,
+        State.HUNTING,
+        State.HUNTING,
         State.BRIDGING,
         State.COMPLETED,
     ]
@@ -222,17 +262,36 @@ def test_the_happy_path_in_order() -> None:
 
 
 def test_history_is_a_snapshot() -> None:
-    machine = machine_in(State.DIALING)
+    machine = machine_in(State.HUNTING)
     snapshot = machine.history
-    machine.handle(Ringing(at=9.0, sip_status=180))
-    assert len(snapshot) == 3
-    assert len(machine.history) == 4
+    machine.handle(Ringing(at=9.0, attempt=0, sip_status=180))
+    assert len(snapshot) == 4
+    assert len(machine.history) == 5
 
 
 def test_events_are_immutable_and_keyword_only() -> None:
-    event = AttemptFailed(at=1.0, reason=Reason.BUSY, sip_status=486, sip_reason="Busy Here")
+    event = AttemptFailed(
+        at=1.0, attempt=0, reason=Reason.BUSY, sip_status=486, sip_reason="Busy Here"
+    )
     with pytest.raises(FrozenInstanceError):
         event.at = 2.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Ringing(1.0, 180)  # type: ignore[call-arg]
+        Ringing(1.0, 0, 180)  # type: ignore[call-arg]
     assert event.name == "AttemptFailed"
+
+
+def test_attempt_events_name_their_attempt() -> None:
+    assert set(ATTEMPT_EVENT_TYPES) == {
+        DialStarted,
+        Ringing,
+        Answered,
+        Accepted,
+        Declined,
+        VoicemailDetected,
+        AttemptFailed,
+        TargetHungUp,
+        ConsultTimedOut,
+    }
+    for event_type in ATTEMPT_EVENT_TYPES:
+        assert issubclass(event_type, AttemptEvent)
+        assert "attempt" in {f.name for f in fields(event_type)}

@@ -26,7 +26,7 @@ from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import TransferOutcome
 from warmtransfer.transfer.plan import TransferPlan
-from warmtransfer.transfer.states import is_terminal
+from warmtransfer.transfer.states import AttemptEvent, is_terminal
 from warmtransfer.transfer.target import AllowList, Target
 
 CALLER_WORDS = "Hi. I was charged twice for my order. Can I talk to a person, please?"
@@ -49,7 +49,9 @@ def _ms(later: float | None, earlier: float | None) -> float | None:
 
 
 def _describe(event: TransferEvent) -> str:
-    detail = str(event.event.name)
+    detail = event.event.name
+    if isinstance(event.event, AttemptEvent):
+        detail += f", attempt {event.event.attempt + 1}"
     return f"{event.previous.name.lower()} → {event.state.name.lower()}  ({detail})"
 
 
@@ -122,7 +124,7 @@ async def run_demo(
 
         engine.dialer.on_leg = on_target_leg
         plan = TransferPlan(
-            target=Target(uri=human.uri, display_name="Sam (billing)", ring_timeout=20),
+            targets=(Target(uri=human.uri, display_name="Sam (billing)", ring_timeout=20),),
             allow=AllowList(patterns=("sip:sam@127.0.0.1:*",)),
             consult_timeout=30,
         )

@@ -16,11 +16,22 @@ from warmtransfer.transfer.outcome import (
     Failed,
     Reason,
     TransferOutcome,
+    most_informative,
 )
-from warmtransfer.transfer.plan import HoldAudio, TransferPlan
+from warmtransfer.transfer.plan import (
+    Fallback,
+    HoldAudio,
+    Hunting,
+    MessageAndHangup,
+    OnFailure,
+    PlanFileError,
+    ReturnToAgent,
+    TransferPlan,
+)
 from warmtransfer.transfer.ports import Bridge, CallerLeg, Dialer, TargetLeg
 from warmtransfer.transfer.states import (
     TRANSITIONS,
+    AttemptEvent,
     Event,
     IllegalTransition,
     State,
@@ -33,6 +44,7 @@ __all__ = [
     "TRANSITIONS",
     "AllowList",
     "Attempt",
+    "AttemptEvent",
     "Bridge",
     "BridgeFailed",
     "CallerLeftNotifier",
@@ -43,9 +55,15 @@ __all__ = [
     "Dialer",
     "Event",
     "Failed",
+    "Fallback",
     "HoldAudio",
+    "Hunting",
     "IllegalTransition",
+    "MessageAndHangup",
+    "OnFailure",
+    "PlanFileError",
     "Reason",
+    "ReturnToAgent",
     "State",
     "Target",
     "TargetLeg",
@@ -55,5 +73,6 @@ __all__ = [
     "TransferStateMachine",
     "WarmTransfer",
     "is_terminal",
+    "most_informative",
     "warm_transfer",
 ]

@@ -71,8 +71,10 @@ def render_markdown(table: Mapping[tuple[State, type[Event]], State] = TRANSITIO
         "```mermaid\n" + render_mermaid(table) + "```\n\n"
         "## Transition table\n\n"
         "A cell is the state after the event; an empty cell is an illegal move, which the\n"
-        "state machine refuses with `IllegalTransition`. COMPLETED, FAILED and ABANDONED are\n"
-        "terminal.\n\n" + render_table(table)
+        "state machine refuses with `IllegalTransition`. Terminal (no event accepted): "
+        + ", ".join(state.name for state in State if state in TERMINAL_STATES)
+        + ".\n\n"
+        + render_table(table)
     )
 
 

@@ -6,6 +6,7 @@ system reports all of them as one message string), and keep the SIP status for i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -53,7 +54,13 @@ class BridgeFailed(Exception):
 
 @dataclass(frozen=True)
 class Attempt:
-    """One dial of one target, with monotonic timestamps (seconds, `time.monotonic`)."""
+    """One dial of one target, with monotonic timestamps (seconds, `time.monotonic`).
+
+    Its position in the outcome's `attempts` is the `attempt` index that its events carry.
+    `reason` is how this attempt ended: COMPLETED for the one that was bridged, CANCELLED for
+    one ended because another target accepted first, or the transfer's reason for one that the
+    end of the transfer cut short (e.g. CALLER_HUNG_UP while it rang).
+    """
 
     target: Target
     started: float
@@ -63,6 +70,9 @@ class Attempt:
     reason: Reason | None = None
     sip_status: int | None = None
     sip_reason: str | None = None
+    detail: str = ""
+    round: int = 1  # 1-based round of the hunt; the fallback's is the round it followed
+    fallback: bool = False  # the plan's on_failure fallback target, bridged without a consult
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class Completed:
     started: float
     ended: float
     reason: Reason = Reason.COMPLETED
+    winner: int = 0  # index in `attempts` of the attempt that was bridged
+    fallback: bool = False  # the winner is the plan's fallback target (no consult)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +94,9 @@ class Completed:
 
 @dataclass(frozen=True)
 class Failed:
-    """No human took the call. Unless `reason` is CALLER_HUNG_UP the caller is back with the AI."""
+    """No human took the call. The caller is back with the AI, unless `reason` is CALLER_HUNG_UP
+    (the caller has gone) or `dismissed` is true (the plan's on_failure played its message to
+    the caller and hung up)."""
 
     reason: Reason
     attempts: tuple[Attempt, ...]
@@ -91,6 +105,7 @@ class Failed:
     sip_status: int | None = None
     sip_reason: str | None = None
     detail: str = ""
+    dismissed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -98,3 +113,44 @@ class Failed:
 
 
 TransferOutcome = Completed | Failed
+
+
+# How informative each reason of a failed attempt is, most first. A human's own act (declined,
+# whether by key during the consult or by rejecting the ringing call, SIP 603; hung up) says more
+# than a machine (voicemail), which says more than silence (no decision in time); among the
+# rest, a busy line says more than one that rang out, which says more than a refusal by the
+# network or no route at all.
+_REACHED_ORDER = (
+    Reason.DECLINED,
+    Reason.TARGET_HUNG_UP,
+    Reason.VOICEMAIL,
+    Reason.CONSULT_TIMEOUT,
+)
+_UNREACHED_ORDER = (Reason.BUSY, Reason.NO_ANSWER, Reason.REJECTED, Reason.UNREACHABLE)
+
+
+def most_informative(attempts: Sequence[Attempt]) -> Attempt:
+    """The attempt whose reason (and SIP status) speaks for a hunt in which every attempt failed.
+
+    1. If a human (or their voicemail) was reached, in any round: the attempt with the first
+       reason in DECLINED > TARGET_HUNG_UP > VOICEMAIL > CONSULT_TIMEOUT. A human who said no in
+       round 1 is not dialled again (declined is never retried), so only this rule reports it.
+    2. Otherwise, among the attempts of the last round (the latest news of every target still
+       being retried): the first reason in BUSY > NO_ANSWER > REJECTED > UNREACHABLE.
+    Ties go to the most recent attempt; a reason outside these lists ranks last.
+    """
+    if not attempts:
+        raise ValueError("a hunt with no attempt has no reason")
+    reached = [a for a in attempts if a.reason in _REACHED_ORDER]
+    if reached:
+        pool, order = reached, _REACHED_ORDER
+    else:
+        last_round = max(a.round for a in attempts)
+        pool, order = [a for a in attempts if a.round == last_round], _UNREACHED_ORDER
+
+    def rank(item: tuple[int, Attempt]) -> tuple[int, int]:
+        index, attempt = item
+        position = order.index(attempt.reason) if attempt.reason in order else len(order)
+        return position, -index
+
+    return min(enumerate(pool), key=rank)[1]

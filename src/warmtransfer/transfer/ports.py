@@ -3,7 +3,8 @@
 Contract every implementation keeps, because the driver's guarantees rest on it:
 - cancellation is honoured at every await: a cancelled `dial` cancels the attempt (SIP CANCEL, or
   BYE if the answer crossed) before it re-raises; nothing keeps ringing;
-- `hangup` and `unhold` are idempotent and never raise because the far end is already gone;
+- `hangup`, `unhold` and `play_message` are idempotent or harmless on a leg that has ended, and
+  never raise because the far end is already gone (`play_message` just returns);
 - `wait_hangup` returns (never raises) once the leg has ended, at once if it already has.
 """
 
@@ -26,6 +27,16 @@ class CallerLeg(Protocol):
 
     async def unhold(self) -> None:
         """Stop hold audio and give the caller back to the AI."""
+        ...
+
+    async def play_message(self, text: str) -> None:
+        """Stop hold audio and speak `text` to the caller (the backend renders it); return once
+        it has been spoken. The AI still does not hear the caller. Used by the plan's
+        ``message_and_hangup`` failure action, which hangs up right after."""
+        ...
+
+    async def hangup(self) -> None:
+        """End the caller's call (the transfer gave up on them, by the plan's choice)."""
         ...
 
     async def wait_hangup(self) -> None: ...
@@ -53,6 +64,8 @@ class Dialer(Protocol):
     async def dial(self, target: Target, on_ringing: Callable[[int], None]) -> TargetLeg:
         """Ring the target until answer; raise `DialFailed` with a typed reason otherwise.
 
+        Called concurrently, once per target, when a plan hunts in simultaneous mode.
+
         `on_ringing` gets the SIP status of the provisional response (180 or 183).
         """
         ...
@@ -63,7 +76,8 @@ class Bridge(Protocol):
         """Join caller and human and take the AI out; raise `BridgeFailed` if it cannot.
 
         It also stops the caller's hold audio: after a successful connect the driver never calls
-        `unhold` (that would give the caller back to the AI).
+        `unhold` (that would give the caller back to the AI). A connect that is cancelled (the
+        caller, the app or the deadline ended the transfer meanwhile) leaves the legs unjoined.
         After it returns, the bridge owns both legs: when either side hangs up it ends the other.
         """
         ...

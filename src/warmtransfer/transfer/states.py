@@ -12,35 +12,56 @@ from it by `diagram.py`) cannot drift from the code.
 Rule 2: this file knows nothing about SIP, LiveKit, tasks or timers. Events are small immutable
 records of something that happened, each stamped with `at`, a monotonic time in seconds.
 
-Rule 3: a transfer runs forward through
+Rule 3: two levels, one table. The *transfer's* state says what is being done for the caller;
+the *attempts* (one dial of one target) say how each human is doing. Attempt events carry
+`attempt`, the index of that attempt in the outcome's `attempts`: DialStarted, Ringing,
+Answered, Accepted, Declined, VoicemailDetected, AttemptFailed, TargetHungUp, ConsultTimedOut.
+Several attempts may be alive at once (simultaneous hunting), so the transfer's state cannot
+be "ringing" or "consulting": those are facts about one attempt, and they live in its events.
 
-    IDLE -Start-> HOLDING -DialStarted-> DIALING -Ringing-> RINGING -Answered-> CONSULTING
-         -Accepted-> BRIDGING -Bridged-> COMPLETED
+Rule 4: a transfer runs forward through
 
-  HoldStarted (HOLDING), a repeated Ringing (a 183 after a 180, RINGING) and Briefed (CONSULTING)
-  record progress without changing state. Answered is legal straight from DIALING, because a
-  target may answer without any provisional response.
+    IDLE -Start-> HOLDING -HoldStarted-> HUNTING -Accepted-> BRIDGING -Bridged-> COMPLETED
 
-Rule 4: a failure never ends a transfer directly: it moves it to RECOVERING, where the driver
-hangs up the target leg and gives the caller back to the AI; only `Recovered` (the caller is back
-with the AI) reaches FAILED. This is what makes "the caller is back with the AI" a fact the state
-records, not a hope. Failures, by the state they may happen in:
+  HUNTING means: the caller is on hold while the hunt runs. Attempts are dialled, ring, are
+  answered, and fail (busy, no answer, declined, voicemail, hung up, consult deadline), all
+  recorded as moves from HUNTING to HUNTING; between two targets (sequential) or during the
+  delay between rounds no attempt is alive, and the transfer is still HUNTING. The first
+  `Accepted` (a human said yes) leaves HUNTING: at that instant every other attempt is ended,
+  and a second Accepted is illegal, so two humans can never be bridged to one caller.
+  `HuntExhausted` (every target of every round failed) leaves it for RECOVERING.
 
-  DIALING, RINGING   AttemptFailed (busy, no answer, rejected, unreachable: from the dialer)
-  CONSULTING         Declined, VoicemailDetected, TargetHungUp, ConsultTimedOut
-  BRIDGING           BridgeBroke, TargetHungUp
+  Each attempt's own events come in this order: DialStarted, Ringing*, then either
+  AttemptFailed (the dial ended without answer), or Answered followed by one of Accepted,
+  Declined, VoicemailDetected, TargetHungUp, ConsultTimedOut. An attempt that another's Accepted
+  or the end of the transfer cut short has no ending event of its own: the outcome's attempt
+  record says how it ended (CANCELLED, CALLER_HUNG_UP, ...).
 
-Rule 5: some events may come at any moment, so they are legal in every state where they can:
+Rule 5: a failure never ends a transfer directly: it moves it to RECOVERING, where the driver
+ends every attempt still alive and carries out the plan's `on_failure`:
+  - return to the AI: `Recovered` (hold stopped, the AI hears the caller again) -> FAILED;
+  - play a message and hang up: `Dismissed` -> DISMISSED;
+  - hand the caller to the fallback target: `DialStarted` -> FALLBACK, at most once per transfer.
+    FALLBACK is a one-target hunt without a consult: `Answered` goes straight to BRIDGING; a
+    failed dial goes back to RECOVERING, and from there the caller returns to the AI.
+  So where the caller ends is a fact the state records, not a hope. Failures by state:
+
+  HUNTING    HuntExhausted
+  FALLBACK   AttemptFailed
+  BRIDGING   BridgeBroke, TargetHungUp (the human who accepted, or the fallback, hung up)
+
+Rule 6: some events may come at any moment, so they are legal in every state where they can:
   - CallerHungUp, from every non-terminal state (RECOVERING included) -> ABANDONED. A caller who
     has gone is never put back with the AI, so ABANDONED skips RECOVERING.
   - Cancelled (the app) and TransferTimedOut (the whole transfer's deadline), from every
     non-terminal state except RECOVERING -> RECOVERING. Once recovering, the caller is already on
-    the way back to the AI: there is nothing left to cancel or to time out.
+    the way out of the transfer: there is nothing left to cancel or to time out.
   - PortFailed (a port raised something unexpected), from every state where a port is at work
-    (HOLDING to BRIDGING) -> RECOVERING, and from RECOVERING -> FAILED (giving the caller back
-    itself failed; the outcome says so).
+    (HOLDING, HUNTING, FALLBACK, BRIDGING) -> RECOVERING, and from RECOVERING -> FAILED (giving
+    the caller back, or hanging up on them, itself failed; the outcome says so).
 
-Rule 6: COMPLETED, FAILED and ABANDONED are terminal: they accept no event at all.
+Rule 7: COMPLETED (bridged to a human), FAILED (back with the AI), DISMISSED and ABANDONED (gone)
+are terminal: they accept no event at all.
 """
 
 from __future__ import annotations
@@ -57,17 +78,17 @@ from warmtransfer.transfer.target import Target
 class State(StrEnum):
     IDLE = "idle"
     HOLDING = "holding"
-    DIALING = "dialing"
-    RINGING = "ringing"
-    CONSULTING = "consulting"
+    HUNTING = "hunting"
+    FALLBACK = "fallback"
     BRIDGING = "bridging"
     COMPLETED = "completed"
     RECOVERING = "recovering"
     FAILED = "failed"
+    DISMISSED = "dismissed"
     ABANDONED = "abandoned"
 
 
-TERMINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.ABANDONED})
+TERMINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.DISMISSED, State.ABANDONED})
 
 
 def is_terminal(state: State) -> bool:
@@ -92,53 +113,61 @@ class Event:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AttemptEvent(Event):
+    """Something that happened to one attempt: `attempt` indexes the outcome's `attempts`."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Start(Event):
     """The driver starts the transfer: the caller is being put on hold."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class HoldStarted(Event):
-    """Hold audio is playing and the AI no longer hears the caller."""
+    """Hold audio is playing and the AI no longer hears the caller: the hunt begins."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class DialStarted(Event):
+class DialStarted(AttemptEvent):
+    """An attempt begins: `target` is dialled, in `round` (1-based) of the hunt, or as the plan's
+    fallback."""
+
     target: Target
+    round: int = 1
+    fallback: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
-class Ringing(Event):
+class Ringing(AttemptEvent):
     sip_status: int  # 180 or 183
 
 
 @dataclass(frozen=True, kw_only=True)
-class Answered(Event):
-    """The target picked up; the consult (briefing and decision) begins."""
+class Answered(AttemptEvent):
+    """The target picked up: their consult (briefing and decision) begins, or, for the
+    fallback, the bridge."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class Briefed(Event):
-    """The briefing was spoken to the end (optional; a consultant may not report it)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Accepted(Event):
+class Accepted(AttemptEvent):
     via: str = ""  # "key 1", "speech yes", "llm tool"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Declined(Event):
+class Declined(AttemptEvent):
     reason: str | None = None
     via: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
-class VoicemailDetected(Event):
+class VoicemailDetected(AttemptEvent):
     via: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
-class AttemptFailed(Event):
+class AttemptFailed(AttemptEvent):
     """The dial ended without an answer (busy, no answer, rejected, unreachable)."""
 
     reason: Reason
@@ -148,13 +177,25 @@ class AttemptFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TargetHungUp(Event):
+class TargetHungUp(AttemptEvent):
     """The human's leg ended before the bridge took it over."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsultTimedOut(Event):
+class ConsultTimedOut(AttemptEvent):
     timeout: float  # the consult deadline that passed, seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class HuntExhausted(Event):
+    """Every attempt of every round failed. `reason` and `sip_status` are the most informative
+    of the attempts' (see `outcome.most_informative`); `attempt` is the one they come from."""
+
+    reason: Reason
+    attempt: int
+    sip_status: int | None = None
+    sip_reason: str | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,11 +222,6 @@ class Cancelled(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Recovered(Event):
-    """The caller is back with the AI (hold stopped, the AI hears the caller again)."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class TransferTimedOut(Event):
     timeout: float  # the whole transfer's deadline that passed, seconds
 
@@ -198,6 +234,18 @@ class PortFailed(Event):
     detail: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Recovered(Event):
+    """The caller is back with the AI (hold stopped, the AI hears the caller again)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dismissed(Event):
+    """The plan's failure message was spoken to the caller, and the caller's call was ended."""
+
+    message: str
+
+
 #: Every event type, in the order of a transfer's life (the diagram and tests use this order).
 EVENT_TYPES: tuple[type[Event], ...] = (
     Start,
@@ -205,13 +253,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DialStarted,
     Ringing,
     Answered,
-    Briefed,
     Accepted,
     Declined,
     VoicemailDetected,
     AttemptFailed,
     TargetHungUp,
     ConsultTimedOut,
+    HuntExhausted,
     Bridged,
     BridgeBroke,
     CallerHungUp,
@@ -219,6 +267,12 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TransferTimedOut,
     PortFailed,
     Recovered,
+    Dismissed,
+)
+
+#: The events of one attempt (Rule 3).
+ATTEMPT_EVENT_TYPES: tuple[type[AttemptEvent], ...] = tuple(
+    t for t in EVENT_TYPES if issubclass(t, AttemptEvent)
 )
 
 
@@ -228,34 +282,37 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 
 S = State
 
+# Rule 4: forward, and the hunt's own progress (attempts come and go; the caller stays held).
 _FORWARD: dict[tuple[State, type[Event]], State] = {
     (S.IDLE, Start): S.HOLDING,
-    (S.HOLDING, HoldStarted): S.HOLDING,
-    (S.HOLDING, DialStarted): S.DIALING,
-    (S.DIALING, Ringing): S.RINGING,
-    (S.DIALING, Answered): S.CONSULTING,  # answered with no 180/183 first
-    (S.RINGING, Ringing): S.RINGING,  # 183 after 180, or a repeated 180
-    (S.RINGING, Answered): S.CONSULTING,
-    (S.CONSULTING, Briefed): S.CONSULTING,
-    (S.CONSULTING, Accepted): S.BRIDGING,
+    (S.HOLDING, HoldStarted): S.HUNTING,
+    (S.HUNTING, DialStarted): S.HUNTING,
+    (S.HUNTING, Ringing): S.HUNTING,
+    (S.HUNTING, Answered): S.HUNTING,
+    (S.HUNTING, Declined): S.HUNTING,
+    (S.HUNTING, VoicemailDetected): S.HUNTING,
+    (S.HUNTING, AttemptFailed): S.HUNTING,
+    (S.HUNTING, TargetHungUp): S.HUNTING,
+    (S.HUNTING, ConsultTimedOut): S.HUNTING,
+    (S.HUNTING, Accepted): S.BRIDGING,
     (S.BRIDGING, Bridged): S.COMPLETED,
 }
 
-# Rule 4: failures by state, all to RECOVERING.
+# Rule 5: failures, all to RECOVERING, and the plan's on_failure from there.
 _FAILURES: dict[tuple[State, type[Event]], State] = {
-    (S.DIALING, AttemptFailed): S.RECOVERING,
-    (S.RINGING, AttemptFailed): S.RECOVERING,
-    (S.CONSULTING, Declined): S.RECOVERING,
-    (S.CONSULTING, VoicemailDetected): S.RECOVERING,
-    (S.CONSULTING, TargetHungUp): S.RECOVERING,
-    (S.CONSULTING, ConsultTimedOut): S.RECOVERING,
+    (S.HUNTING, HuntExhausted): S.RECOVERING,
     (S.BRIDGING, BridgeBroke): S.RECOVERING,
     (S.BRIDGING, TargetHungUp): S.RECOVERING,
     (S.RECOVERING, Recovered): S.FAILED,
+    (S.RECOVERING, Dismissed): S.DISMISSED,
+    (S.RECOVERING, DialStarted): S.FALLBACK,
+    (S.FALLBACK, Ringing): S.FALLBACK,
+    (S.FALLBACK, Answered): S.BRIDGING,
+    (S.FALLBACK, AttemptFailed): S.RECOVERING,
 }
 
-# Rule 5: events that may come at any moment.
-_ACTIVE = (S.HOLDING, S.DIALING, S.RINGING, S.CONSULTING, S.BRIDGING)
+# Rule 6: events that may come at any moment.
+_ACTIVE = (S.HOLDING, S.HUNTING, S.FALLBACK, S.BRIDGING)
 _ANYTIME: dict[tuple[State, type[Event]], State] = {
     **{(state, CallerHungUp): S.ABANDONED for state in (S.IDLE, *_ACTIVE, S.RECOVERING)},
     **{(state, Cancelled): S.RECOVERING for state in (S.IDLE, *_ACTIVE)},

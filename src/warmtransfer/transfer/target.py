@@ -19,7 +19,7 @@ _HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
 class Target(BaseModel):
     """A human (or queue) to dial: a SIP or tel URI plus how to present the call to them."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     uri: str = Field(description="sip:, sips: or tel: URI of the human")
     display_name: str | None = Field(default=None, description="name for logs and events")
@@ -64,13 +64,18 @@ class Target(BaseModel):
 
 
 class DestinationNotAllowed(ValueError):
-    """The target is outside the allow-list; nothing was dialled."""
+    """The target is outside the allow-list; nothing was dialled.
 
-    def __init__(self, uri: str, patterns: tuple[str, ...]) -> None:
+    `where` says which target of the plan it is (e.g. ``targets[1]``, ``on_failure.target``),
+    so a plan with several targets points at the one to fix.
+    """
+
+    def __init__(self, uri: str, patterns: tuple[str, ...], where: str = "destination") -> None:
         self.uri = uri
         self.patterns = patterns
+        self.where = where
         rule = ", ".join(patterns) if patterns else "(empty allow-list: nothing may be dialled)"
-        super().__init__(f"destination {uri!r} is not in the allow-list: {rule}")
+        super().__init__(f"{where} {uri!r} is not in the allow-list: {rule}")
 
 
 class AllowList(BaseModel):
@@ -79,13 +84,13 @@ class AllowList(BaseModel):
     Empty means nothing may be dialled: the safe default for a system an LLM can steer.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     patterns: tuple[str, ...] = ()
 
     def allows(self, uri: str) -> bool:
         return any(fnmatch.fnmatchcase(uri, pattern) for pattern in self.patterns)
 
-    def check(self, target: Target) -> None:
+    def check(self, target: Target, where: str = "destination") -> None:
         if not self.allows(target.uri):
-            raise DestinationNotAllowed(target.uri, self.patterns)
+            raise DestinationNotAllowed(target.uri, self.patterns, where)
