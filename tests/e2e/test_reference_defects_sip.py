@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from tests.audio_checks import level, load, window
 from tests.e2e.conftest import (
     BRIEFING,
     Running,
@@ -24,7 +25,7 @@ from tests.e2e.conftest import (
 from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
 from warmtransfer.transfer.outcome import Failed, Reason
-from warmtransfer.transfer.states import Answered, State
+from warmtransfer.transfer.states import Answered, CallerHungUp, State
 
 pytestmark = pytest.mark.peers
 
@@ -66,6 +67,14 @@ async def test_caller_hangs_up_during_briefing_ends_the_humans_leg(
         assert running.events[-1].state is State.ABANDONED
         closed = await human.wait_event("CALL_CLOSED", timeout=10)
         assert "peer" in str(closed.get("param", ""))  # the engine hung up on the human
+        heard = await human.received_wav()
+    assert heard is not None
+    # After the caller left, the human heard the notice (about 3 s of speech), then the BYE.
+    answered = running.when(Answered)
+    left = next(e.at for e in running.events if isinstance(e.event, CallerHungUp)) - answered
+    audio = load(heard)
+    assert level(window(audio, left + 0.3, left + 2.0)) > -40, "no notice after the caller left"
+    assert len(audio) / 8000 - left < 8.0, "the human was kept on the line too long"
 
 
 async def test_post_dial_digits_go_to_the_humans_leg(

@@ -183,7 +183,9 @@ class SipCallerLeg(_MediaLeg):
         if self.hold_playback is not None:
             self.hold_playback.stop()
             self.hold_playback = None
-        await self.play(await self.tts.synthesize(text))
+        clip = await self.tts.synthesize(text)
+        with contextlib.suppress(LegGone):  # the caller hung up meanwhile: nobody to tell
+            await self.play(clip)
 
     async def hangup(self) -> None:
         await self.call.hangup()
