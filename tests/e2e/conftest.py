@@ -51,6 +51,11 @@ def need_sipp() -> None:
     _require("sipp")
 
 
+@pytest.fixture
+def need_kamailio() -> None:
+    _require("kamailio")
+
+
 @pytest.fixture(scope="session")
 def tts() -> PiperTTS:
     return PiperTTS()

@@ -3,17 +3,31 @@ transactions, dialogs and calls. Everything protocol-shaped happens in the sans-
 
 One `UserAgent` serves any number of calls in both directions. Inbound calls are offered on
 `incoming` (an asyncio queue) or to `on_call`; outbound calls are placed with `call()`.
+
+Carriers and PBXs want to know who we are, and we want to know who calls us:
+- `credentials=Credentials(...)` answers a 401/407 to our INVITE, REGISTER, BYE or any request
+  sent with `request()` by resending it once with digest credentials (same Call-ID and From tag,
+  CSeq + 1, new branch). It never loops: a second challenge after our credentials is the final
+  answer unless it says `stale=true` (then one more try with the new nonce).
+- `register()` keeps a binding at a registrar, refreshed at 80 % of the granted Expires by a
+  task the user agent owns; `close()` removes it (Expires: 0).
+- `inbound=InboundPolicy(...)` decides who may start anything with us: an out-of-dialog request
+  from an address outside `allow_ips` gets 403, and with `credentials` an INVITE must carry a
+  valid digest answer to a 401 challenge. Both refusals are stateless: a flood of INVITEs costs
+  a response each, never a transaction or a table entry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from warmtransfer.media.clock import PacingClock
@@ -26,6 +40,16 @@ from warmtransfer.sip.call import (
     EndReason,
     IncomingCall,
     OutgoingCall,
+)
+from warmtransfer.sip.digest import (
+    Credentials,
+    DigestError,
+    DigestVerifier,
+    NonceCounts,
+    Verdict,
+    authorize,
+    choose,
+    parse_authorization,
 )
 from warmtransfer.sip.message import (
     Headers,
@@ -61,6 +85,8 @@ from warmtransfer.sip.transaction import (
 )
 from warmtransfer.sip.uri import NameAddr, SipUri, is_token
 
+__all__ = ["Credentials", "InboundPolicy", "Registration", "TraceEntry", "UserAgent"]
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -68,6 +94,71 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
 _ALLOWED = frozenset(method.strip() for method in ALLOW.split(","))
 _NUMBER = re.compile(r"\+?[0-9]{1,32}")
 TraceHook = Callable[[str, bytes, Address, float], None]
+# Which header carries a challenge and which carries the answer, by status (RFC 3261 22.2, 22.3).
+_AUTH_HEADERS = {
+    401: ("WWW-Authenticate", "Authorization"),
+    407: ("Proxy-Authenticate", "Proxy-Authorization"),
+}
+
+
+@dataclass(frozen=True)
+class InboundPolicy:
+    """Who may start calls (and other out-of-dialog requests) with this user agent.
+
+    `allow_ips`: addresses or networks ("192.0.2.10", "10.0.0.0/8"); None allows any source,
+    an empty list none. `credentials`: when set, an INVITE must answer a digest challenge for
+    `realm` with one of them. In-dialog requests are not filtered: they already have to match
+    a dialog (Call-ID and both tags, which an outsider cannot guess), and the peer of a call we
+    placed may well sit outside the list.
+    """
+
+    allow_ips: Sequence[str] | None = None
+    credentials: Credentials | Sequence[Credentials] | None = None
+    realm: str = "warmtransfer"
+    algorithms: Sequence[str] = ("SHA-256", "MD5")
+    nonce_lifetime: float = 300.0
+    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.allow_ips is not None:
+            if isinstance(self.allow_ips, str):
+                raise TypeError("allow_ips is a list of addresses or networks, not one string")
+            networks = tuple(ipaddress.ip_network(ip, strict=False) for ip in self.allow_ips)
+            object.__setattr__(self, "_networks", networks)
+
+    def allows(self, ip: str) -> bool:
+        if self._networks is None:
+            return True
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def users(self) -> list[Credentials]:
+        if self.credentials is None:
+            return []
+        if isinstance(self.credentials, Credentials):
+            return [self.credentials]
+        return list(self.credentials)
+
+
+@dataclass
+class Registration:
+    """Our binding at a registrar: what `register()` asked for and what it was granted."""
+
+    registrar: SipUri
+    aor: SipUri
+    addr: Address
+    requested: int
+    call_id: str = field(default_factory=lambda: new_call_id("warmtransfer"))
+    from_tag: str = field(default_factory=new_tag)
+    cseq: int = 0
+    expires: int = 0  # granted by the last 2xx; 0 while not registered
+    registered_at: float | None = None  # loop time of the last 2xx
+    last_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +196,8 @@ class UserAgent:
         name: str = "",
         user_agent: str = "warmtransfer/0.1",
         on_call: Callable[[IncomingCall], Awaitable[None] | None] | None = None,
+        credentials: Credentials | None = None,
+        inbound: InboundPolicy | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -128,6 +221,20 @@ class UserAgent:
         self._ok_retransmit: dict[str, tuple[OkRetransmitter, asyncio.TimerHandle | None]] = {}
         self._cancel_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.credentials = credentials
+        self.inbound = inbound
+        self._nonce_counts = NonceCounts()
+        self._verifier: DigestVerifier | None = None
+        if inbound is not None and inbound.credentials is not None:
+            self._verifier = DigestVerifier(
+                inbound.realm,
+                inbound.users(),
+                algorithms=inbound.algorithms,
+                lifetime=inbound.nonce_lifetime,
+            )
+        self.registration: Registration | None = None
+        self.registered = False
+        self._refresh_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -142,7 +249,10 @@ class UserAgent:
         return self
 
     async def close(self) -> None:
-        """Hang up every call, stop every timer and close the socket."""
+        """Unregister, hang up every call, stop every timer and close the socket."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.unregister()
         calls = list(self.calls.values())
         if calls:  # at once, not one after the other: a dead peer costs 2 s, not 2 s a call
             with contextlib.suppress(TimeoutError):
@@ -324,7 +434,20 @@ class UserAgent:
         return tx
 
     async def request(self, request: SipRequest, addr: Address) -> SipResponse:
-        """Send a non-INVITE request and wait for its final response (CallFailed on timeout)."""
+        """Send a non-INVITE request and wait for its final response (CallFailed on timeout).
+
+        A 401/407 is answered once with our credentials (see `_authenticated_retry`); the
+        response returned is the last one, so its CSeq tells which request it answers.
+        """
+        answered: dict[int, int] = {}
+        while True:
+            response = await self._request_once(request, addr)
+            retry = self._authenticated_retry(request, response, answered)
+            if retry is None:
+                return response
+            request = retry
+
+    async def _request_once(self, request: SipRequest, addr: Address) -> SipResponse:
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
 
         def listener(response: SipResponse | None) -> None:
@@ -337,6 +460,59 @@ class UserAgent:
 
         self._start_client(request, addr, listener)
         return await future
+
+    def _authenticated_retry(
+        self, request: SipRequest, response: SipResponse, answered: dict[int, int]
+    ) -> SipRequest | None:
+        """The request again with digest credentials for this 401/407, or None to give up.
+
+        `answered` counts, per status, the challenges already answered for this request, so
+        that wrong credentials end in the 401/407 instead of a loop: a new challenge after our
+        answer is final unless it is `stale` (the password was right, the nonce expired), and
+        even a stale one is answered only once more.
+        """
+        headers_for = _AUTH_HEADERS.get(response.status)
+        if headers_for is None or self.credentials is None:
+            return None
+        challenge_header, answer_header = headers_for
+        try:
+            challenge = choose(response.headers.get_all(challenge_header), self.credentials)
+        except DigestError as exc:
+            log.warning("%s %s: cannot answer the challenge: %s", request.method, request.uri, exc)
+            return None
+        times = answered.get(response.status, 0)
+        if times >= 2 or (times == 1 and not challenge.stale):
+            log.warning(
+                "%s %s: credentials for %r refused (%s %s)",
+                request.method,
+                request.uri,
+                challenge.realm,
+                response.status,
+                response.reason,
+            )
+            return None
+        answered[response.status] = times + 1
+        credentials = authorize(
+            challenge,
+            self.credentials,
+            request.method,
+            str(request.uri),
+            counts=self._nonce_counts,
+        )
+        number = request.cseq[0] + 1
+        headers = request.headers.copy()
+        vias = headers.get_all("Via")
+        headers.remove("Via")
+        headers.prepend("Via", str(Via.parse(vias[0]).with_params(branch=new_branch())))
+        for via in vias[1:]:
+            headers.add("Via", via)
+        headers.set("CSeq", f"{number} {request.method}")
+        headers.remove(answer_header)
+        headers.add(answer_header, str(credentials))
+        call = self.calls.get(request.call_id)
+        if call is not None and call.dialog is not None and call.dialog.local_cseq < number:
+            call.dialog.local_cseq = number  # later in-dialog requests must count on from it
+        return SipRequest(request.method, request.uri, headers, request.body)
 
     def respond(self, tx: Transaction, response: SipResponse) -> None:
         assert isinstance(tx, ServerInviteTransaction | ServerNonInviteTransaction)
@@ -424,6 +600,11 @@ class UserAgent:
         method = request.method
         branch = request.vias[0].branch or ""
         now = asyncio.get_running_loop().time()
+        refusal = self._refuse(request, addr, branch)
+        if refusal is not None:
+            if method != "ACK":  # an ACK is never answered (and the ACK of our 401 ends here)
+                self.send(refusal, addr)
+            return
         if method == "ACK":
             self._on_ack(request, branch, now)
             return
@@ -438,6 +619,43 @@ class UserAgent:
         tx = ServerNonInviteTransaction(request, addr)
         self._server[(branch, method)] = tx
         self.respond(tx, self._answer_non_invite(request, branch))
+
+    def _refuse(self, request: SipRequest, addr: Address, branch: str) -> SipResponse | None:
+        """The inbound policy: a stateless 403 or 401 for a request it refuses, else None."""
+        policy = self.inbound
+        if policy is None or request.to.tag is not None:
+            return None
+        if not policy.allows(addr[0]):
+            log.info("%s from %s:%s refused: not an allowed address", request.method, *addr)
+            return make_response(request, 403, to_tag=new_tag())
+        verifier = self._verifier
+        if (
+            verifier is None
+            or request.method != "INVITE"
+            or (branch, "INVITE") in self._server  # a retransmission of one we accepted
+            or request.call_id in self.calls
+        ):
+            return None
+        now = time.time()
+        verdict = Verdict.INVALID
+        for value in request.headers.get_all("Authorization"):
+            try:
+                answer = parse_authorization(value)
+            except DigestError as exc:
+                log.info("INVITE from %s:%s: unreadable Authorization: %s", *addr, exc)
+                continue
+            if answer.realm == verifier.realm:
+                verdict = verifier.verify(answer, request.method, now)
+                break
+        if verdict is Verdict.OK:
+            return None
+        challenges = verifier.challenges(now, stale=verdict is Verdict.STALE)
+        return make_response(
+            request,
+            401,
+            to_tag=new_tag(),
+            extra=[("WWW-Authenticate", str(challenge)) for challenge in challenges],
+        )
 
     def _answer_non_invite(self, request: SipRequest, branch: str) -> SipResponse:
         method = request.method
@@ -563,6 +781,7 @@ class UserAgent:
             raise
         call = OutgoingCall(self, invite, media)
         self.calls[call.call_id] = call
+        answered: dict[int, int] = {}
 
         def listener(response: SipResponse | None) -> None:
             if response is None:
@@ -573,6 +792,19 @@ class UserAgent:
                 if on_ringing is not None and response.status in (180, 183) and not was_ringing:
                     on_ringing(response.status)
             else:
+                if (
+                    response.status in _AUTH_HEADERS
+                    and not call.cancel_requested
+                    and call.state is not CallState.ENDED
+                ):
+                    # The transaction has ACKed the challenge; the call goes on as a new
+                    # INVITE transaction of the same call (same Call-ID and From tag).
+                    retry = self._authenticated_retry(call.invite, response, answered)
+                    if retry is not None:
+                        call.invite = retry
+                        call.provisional = None
+                        self._start_client(retry, addr, listener)
+                        return
                 call.on_final(response)
 
         self._start_client(invite, addr, listener)
@@ -600,6 +832,106 @@ class UserAgent:
             await call.hangup()
             raise CallFailed(call.end_status or 488, "answered without usable media")
         return call
+
+    # -- registration -----------------------------------------------------------------------
+
+    async def register(
+        self,
+        registrar: str | SipUri,
+        *,
+        expires: int = 300,
+        aor: str | SipUri | None = None,
+        proxy: Address | None = None,
+    ) -> Registration:
+        """Bind our contact to `aor` at `registrar` and keep it bound until `close()`.
+
+        The AOR defaults to `sip:<user>@<registrar host[:port]>`. Raises CallFailed with the
+        registrar's status (401/407 after one authenticated retry, 403…) or 408 on no answer.
+        A task owned by the user agent refreshes the binding at 80 % of the granted Expires.
+        """
+        target = registrar if isinstance(registrar, SipUri) else SipUri.parse(registrar)
+        target = SipUri(target.scheme, None, target.host, target.port, target.params)
+        if aor is None:
+            aor_uri = SipUri(target.scheme, self.user, target.host, target.port)
+        else:
+            aor_uri = aor if isinstance(aor, SipUri) else SipUri.parse(aor)
+        addr = proxy or await _resolve(target)
+        await self._stop_refresh()
+        registration = Registration(target, aor_uri, addr, expires, call_id=new_call_id(self.host))
+        self.registration = registration
+        await self._send_register(registration, expires)
+        self._refresh_task = asyncio.get_running_loop().create_task(
+            self._refresh(registration), name=f"{self.name} REGISTER refresh"
+        )
+        self._tasks.add(self._refresh_task)
+        self._refresh_task.add_done_callback(self._tasks.discard)
+        return registration
+
+    async def unregister(self) -> None:
+        """Remove our binding (REGISTER with Expires: 0) and stop refreshing it."""
+        await self._stop_refresh()
+        registration = self.registration
+        if registration is None or not self.registered or self._transport is None:
+            return
+        self.registered = False
+        with contextlib.suppress(CallFailed):
+            await self._send_register(registration, 0)
+
+    async def _stop_refresh(self) -> None:
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _send_register(self, registration: Registration, expires: int) -> None:
+        response = await self._register_once(registration, expires)
+        if response.status == 423 and expires:  # Interval Too Brief: ask for what it allows
+            minimum = response.headers.get("Min-Expires") or ""
+            if minimum.isdigit() and int(minimum) > expires:
+                registration.requested = int(minimum)
+                response = await self._register_once(registration, int(minimum))
+        registration.last_status = response.status
+        if response.status >= 300:
+            self.registered = False
+            raise CallFailed(response.status, response.reason)
+        if expires == 0:
+            registration.expires = 0
+            return
+        registration.expires = _granted_expires(response, self.contact(), expires)
+        registration.registered_at = asyncio.get_running_loop().time()
+        self.registered = registration.expires > 0
+
+    async def _register_once(self, registration: Registration, expires: int) -> SipResponse:
+        registration.cseq += 1
+        aor = str(registration.aor)
+        headers = Headers()
+        headers.add("Via", f"{self.via()};branch={new_branch()};rport")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<{aor}>;tag={registration.from_tag}")
+        headers.add("To", f"<{aor}>")
+        headers.add("Call-ID", registration.call_id)
+        headers.add("CSeq", f"{registration.cseq} REGISTER")
+        headers.add("Contact", self.contact())
+        headers.add("Expires", str(expires))
+        headers.add("Allow", ALLOW)
+        headers.add("User-Agent", self.user_agent)
+        request = SipRequest("REGISTER", registration.registrar, headers)
+        response = await self.request(request, registration.addr)
+        registration.cseq = max(registration.cseq, response.cseq[0])  # an auth retry adds one
+        return response
+
+    async def _refresh(self, registration: Registration) -> None:
+        """Re-REGISTER at 80 % of the granted Expires; after a failure, retry sooner."""
+        delay = 0.8 * registration.expires
+        while True:
+            await asyncio.sleep(max(delay, 0.5))  # a schedule, not a synchronisation
+            try:
+                await self._send_register(registration, registration.requested)
+                delay = 0.8 * registration.expires
+            except CallFailed as exc:
+                log.warning("REGISTER refresh for %s failed: %s", registration.aor, exc)
+                delay = min(30.0, 0.4 * max(registration.requested, 1))
 
     def _build_invite(
         self,
@@ -638,6 +970,25 @@ class UserAgent:
         if not _NUMBER.fullmatch(user):  # ASCII digits only: str.isdigit() takes "١٢٣" too
             raise ValueError(f"caller ID {caller_id!r} is neither a SIP URI nor a number")
         return SipUri.parse(f"sip:{user}@{self.host}")
+
+
+def _granted_expires(response: SipResponse, contact: str, requested: int) -> int:
+    """RFC 3261 10.2.4: our Contact's `expires` in the 2xx, else its Expires header."""
+    ours = NameAddr.parse(contact).uri
+    for value in response.headers.get_all("Contact"):
+        try:
+            bound = NameAddr.parse(value)
+        except ValueError:
+            continue
+        uri = bound.uri
+        if (uri.user, uri.host, uri.port) == (ours.user, ours.host, ours.port):
+            granted = bound.param("expires")
+            if granted is not None and granted.isdigit():
+                return int(granted)
+    header = response.headers.get("Expires")
+    if header is not None and header.isdigit():
+        return int(header)
+    return requested
 
 
 async def _guard(result: Awaitable[None], call: IncomingCall) -> None:
