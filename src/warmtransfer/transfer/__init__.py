@@ -6,7 +6,7 @@
 This package knows nothing about SIP or LiveKit; backends implement `ports`.
 """
 
-from warmtransfer.transfer.driver import CallerLeftNotifier, WarmTransfer, warm_transfer
+from warmtransfer.transfer.driver import WarmTransfer, warm_transfer
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import (
     Attempt,
@@ -28,7 +28,7 @@ from warmtransfer.transfer.plan import (
     ReturnToAgent,
     TransferPlan,
 )
-from warmtransfer.transfer.ports import Bridge, CallerLeg, Dialer, TargetLeg
+from warmtransfer.transfer.ports import Bridge, CallerLeftNotifier, CallerLeg, Dialer, TargetLeg
 from warmtransfer.transfer.states import (
     TRANSITIONS,
     AttemptEvent,

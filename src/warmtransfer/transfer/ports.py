@@ -11,7 +11,7 @@ Contract every implementation keeps, because the driver's guarantees rest on it:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from warmtransfer.consult.ports import ConsultLeg
 from warmtransfer.transfer.plan import HoldAudio
@@ -81,3 +81,14 @@ class Bridge(Protocol):
         After it returns, the bridge owns both legs: when either side hangs up it ends the other.
         """
         ...
+
+
+@runtime_checkable
+class CallerLeftNotifier(Protocol):
+    """Optional consultant capability: tell the human the caller has gone before hanging up.
+
+    The driver calls it (bounded by NOTICE_TIMEOUT) for every answered human when the caller
+    hangs up, after that human's consult has been cancelled and awaited.
+    """
+
+    async def notify_caller_left(self, leg: ConsultLeg) -> None: ...
