@@ -70,8 +70,15 @@ class Figures:
 
 async def sipp(workdir: Path, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        "sipp", *args, "-i", "127.0.0.1", "-nostdin", "-trace_err",
-        cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        "sipp",
+        *args,
+        "-i",
+        "127.0.0.1",
+        "-nostdin",
+        "-trace_err",
+        cwd=workdir,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
@@ -81,9 +88,7 @@ async def stop(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
-async def measure(
-    n: int, mode: str, window: float, workdir: Path
-) -> Figures:
+async def measure(n: int, mode: str, window: float, workdir: Path) -> Figures:
     clock = PacingClock()
     ua = UserAgent("127.0.0.1", free_port(), clock=clock, name="engine")
     await ua.start()
@@ -127,15 +132,45 @@ async def measure(
     processes = []
     try:
         if mode == "bridged":
-            processes.append(await sipp(
-                workdir, "-sf", str(SCENARIOS / "uas_long.xml"), "-p", str(human_port),
-                "-mp", str(free_port()), "-set", "loops", str(loops - 1), "-m", str(n),
-            ))
-        processes.append(await sipp(
-            workdir, "-sf", str(SCENARIOS / "uac_long.xml"), f"127.0.0.1:{ua.port}",
-            "-s", "engine", "-p", str(free_port()), "-mp", str(free_port()),
-            "-set", "loops", str(loops), "-m", str(n), "-l", str(n), "-r", "20",
-        ))
+            processes.append(
+                await sipp(
+                    workdir,
+                    "-sf",
+                    str(SCENARIOS / "uas_long.xml"),
+                    "-p",
+                    str(human_port),
+                    "-mp",
+                    str(free_port()),
+                    "-set",
+                    "loops",
+                    str(loops - 1),
+                    "-m",
+                    str(n),
+                )
+            )
+        processes.append(
+            await sipp(
+                workdir,
+                "-sf",
+                str(SCENARIOS / "uac_long.xml"),
+                f"127.0.0.1:{ua.port}",
+                "-s",
+                "engine",
+                "-p",
+                str(free_port()),
+                "-mp",
+                str(free_port()),
+                "-set",
+                "loops",
+                str(loops),
+                "-m",
+                str(n),
+                "-l",
+                str(n),
+                "-r",
+                "20",
+            )
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(30 + n / 10):
                 await all_up.wait()
@@ -177,8 +212,10 @@ async def main(sizes: list[int], window: float) -> int:
         print("needs sipp (Debian package sip-tester) and its sample pcaps", file=sys.stderr)
         return 2
     print(f"engine event loop: {type(asyncio.get_running_loop()).__module__}")
-    print(f"{'mode':<8} {'N':>4} {'up':>4} {'CPU %/call':>11} {'MB/call':>8} {'loss':>7} "
-          f"{'late p50':>9} {'p99':>7} {'worst':>7}")
+    print(
+        f"{'mode':<8} {'N':>4} {'up':>4} {'CPU %/call':>11} {'MB/call':>8} {'loss':>7} "
+        f"{'late p50':>9} {'p99':>7} {'worst':>7}"
+    )
     ok = True
     for mode in ("bridged", "held"):
         for n in sizes:
@@ -187,9 +224,11 @@ async def main(sizes: list[int], window: float) -> int:
                 (workdir / "pcap").mkdir()
                 shutil.copy(PCAP, workdir / "pcap" / PCAP.name)
                 f = await measure(n, mode, window, workdir)
-            print(f"{mode:<8} {f.n:>4} {f.up:>4} {f.cpu_per_call:>11.3f} {f.rss_per_call:>8.3f} "
-                  f"{100 * f.loss:>6.2f}% {f.late_p50:>8.2f}ms {f.late_p99:>6.2f}ms "
-                  f"{f.late_worst:>6.2f}ms")
+            print(
+                f"{mode:<8} {f.n:>4} {f.up:>4} {f.cpu_per_call:>11.3f} {f.rss_per_call:>8.3f} "
+                f"{100 * f.loss:>6.2f}% {f.late_p50:>8.2f}ms {f.late_p99:>6.2f}ms "
+                f"{f.late_worst:>6.2f}ms"
+            )
             ok = ok and f.up == n
     return 0 if ok else 1
 

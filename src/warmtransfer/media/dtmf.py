@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DIGITS",
+    "INFO_DTMF_TYPES",
     "DtmfReceiver",
     "Pause",
     "ToneEvent",
@@ -25,6 +26,7 @@ __all__ = [
     "encode_event",
     "event_to_digit",
     "parse_digit_string",
+    "parse_info_dtmf",
     "tone_packets",
 ]
 
@@ -173,3 +175,44 @@ def parse_digit_string(text: str) -> list[str | Pause]:
                 f"use {DIGITS} and 'w' or ',' for a {PAUSE_SECONDS} s pause"
             )
     return result
+
+
+INFO_DTMF_TYPES = ("application/dtmf-relay", "application/dtmf")
+"""The SIP INFO bodies that carry a key press (Cisco's dtmf-relay and the bare form)."""
+
+
+def _info_key(signal: str) -> str:
+    """A key as INFO bodies spell it: the character itself, or (some gateways) the event code."""
+    signal = signal.strip()
+    if len(signal) == 1 and signal.upper() in DIGITS:
+        return signal.upper()
+    if signal.isdigit():
+        return event_to_digit(int(signal))  # "10" is *, "11" is #; 16+ raises ValueError
+    raise ValueError(f"not a DTMF key: {signal[:20]!r}")
+
+
+def parse_info_dtmf(media_type: str, body: bytes) -> str:
+    """The key in a SIP INFO body of one of `INFO_DTMF_TYPES` (`media_type` lower case, no
+    parameters); ValueError if the body names no key.
+
+    Many PBXs and carriers send keys this way instead of RFC 4733 events. application/dtmf-relay
+    is "Signal=1\r\nDuration=160" (lines in any order, names in any case); application/dtmf is
+    the key alone. Only the key matters: a missing or odd Duration is tolerated, because a
+    press with a garbled duration is still a press and the consult only needs the key.
+    """
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ValueError("DTMF INFO body is not ASCII") from exc
+    if media_type == "application/dtmf":
+        return _info_key(text)
+    if media_type != "application/dtmf-relay":
+        raise ValueError(f"{media_type!r} is not a DTMF INFO type")
+    signals = []
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip().lower() == "signal":
+            signals.append(value)
+    if len(signals) != 1:
+        raise ValueError(f"dtmf-relay body needs exactly one Signal line, found {len(signals)}")
+    return _info_key(signals[0])

@@ -4,6 +4,16 @@ What arrives is routed, cheapest first: to the other leg of a bridge as raw payl
 when both legs use the same codec), and only when someone listens (an AI ear, a recorder) is it
 decoded to PCM. What is sent comes from the shared pacing clock: the current playback, else
 silence, except while bridged, when the other leg's packets are forwarded as they arrive.
+
+Symmetric RTP (RFC 4961, "latching"): by default the session sends to where the peer's packets
+come from, not only to what its SDP said. A phone behind NAT writes its private address in the
+SDP; its packets arrive from the NAT's public one, which is the only address that reaches it.
+The first valid RTP packet latches the source; later packets from any other address are dropped
+and counted (`stats.wrong_source`), which also defeats RTP injection by a third party. The peer
+may move (NAT rebinding) only by sending the latched SSRC after its old address fell silent.
+
+Decoded audio (listeners, recorder) goes through a small jitter buffer (`jitter.py`) so it is in
+order and gap-concealed; the bridge's pass-through does not, it forwards on arrival.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from warmtransfer.media.audio import AudioClip
 from warmtransfer.media.clock import PacingClock
 from warmtransfer.media.dtmf import DtmfReceiver, Pause, parse_digit_string, tone_packets
 from warmtransfer.media.g711 import decoder, encoder, silence_payload
+from warmtransfer.media.jitter import JitterBuffer
 from warmtransfer.media.player import FRAME, Playback
 from warmtransfer.media.recorder import Recorder
 from warmtransfer.media.rtp_packet import build_rtp, is_rtcp
@@ -34,6 +45,7 @@ AudioSink = Callable[[NDArray[np.int16]], None]
 _HEADER = struct.Struct("!BBHII")
 _MAX_DROPOUT = 1000  # a forward jump this big is a restarted stream, not loss
 _MAX_MISORDER = 100  # a packet this far behind the newest arrived late (RFC 3550 A.1)
+_RELATCH_AFTER = 1.0  # s of silence from the latched source before its SSRC may move address
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,27 @@ class RtpStats:
         self.first_sent_at: float | None = None
         self.first_received_at: float | None = None
         self.first_forwarded_at: float | None = None
+        self.last_received_at: float | None = None
+        self.wrong_source = 0  # RTP dropped because it came from another address than latched
+        self.relatched = 0  # times the latched source moved (NAT rebinding)
 
 
 class RtpSession(asyncio.DatagramProtocol):
-    def __init__(self, clock: PacingClock, name: str = "") -> None:
+    """`symmetric`: latch the remote address to the peer's packets (see the module docstring);
+    off only for peers known to send from one address and receive on another. `jitter_window`:
+    how long decoded audio waits for a reordered packet before its gap is concealed."""
+
+    def __init__(
+        self,
+        clock: PacingClock,
+        name: str = "",
+        *,
+        symmetric: bool = True,
+        jitter_window: float = 0.060,
+    ) -> None:
         self.clock = clock
         self.name = name
+        self.symmetric = symmetric
         self.transport: asyncio.DatagramTransport | None = None
         self.local: Address = ("0.0.0.0", 0)
         self.remote: Address | None = None
@@ -93,16 +120,34 @@ class RtpSession(asyncio.DatagramProtocol):
         self._sinks: list[AudioSink] = []
         self._dtmf = DtmfReceiver()
         self._last_seq: int | None = None
+        self._sdp_remote: Address | None = None
+        self._source: Address | None = None  # the latched address, as received
+        self._source_ssrc: int | None = None
+        self.jitter = JitterBuffer(b"", window=jitter_window)
         self._closed = asyncio.get_running_loop().create_future()
         self.closed_callback: Callable[[RtpSession], None] | None = None
 
     @classmethod
-    async def open(cls, host: str, clock: PacingClock, name: str = "") -> RtpSession:
+    async def open(
+        cls,
+        host: str,
+        clock: PacingClock,
+        name: str = "",
+        *,
+        symmetric: bool = True,
+        jitter_window: float = 0.060,
+    ) -> RtpSession:
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(clock, name), local_addr=(host, 0)
+            lambda: cls(clock, name, symmetric=symmetric, jitter_window=jitter_window),
+            local_addr=(host, 0),
         )
         return protocol
+
+    @property
+    def latched(self) -> Address | None:
+        """The address the peer's RTP is accepted from (and sent to), once its first packet came."""
+        return None if self._source is None else self._source[:2]
 
     # -- asyncio protocol -------------------------------------------------------------------
 
@@ -121,7 +166,7 @@ class RtpSession(asyncio.DatagramProtocol):
         fmt = self.format
         if len(data) < 12 or is_rtcp(data) or fmt is None:
             return
-        first, second, seq, timestamp, _ = _HEADER.unpack_from(data)
+        first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
         if first >> 6 != 2:
             return
         header = 12 + 4 * (first & 0x0F)
@@ -140,24 +185,59 @@ class RtpSession(asyncio.DatagramProtocol):
         is_event = payload_type == fmt.dtmf_payload_type
         if not is_event and payload_type != fmt.payload_type:
             return
+        now = asyncio.get_running_loop().time()
+        if addr != self._source and not self._accept_source(addr, ssrc, now):
+            return
         # Events and audio share the sender's sequence space: both count towards loss.
         self._count_sequence(seq)
         payload = data[header:end]
-        now = asyncio.get_running_loop().time()
+        stats = self.stats
+        stats.last_received_at = now
+        decoding = bool(self._sinks) or self.recorder is not None
         if is_event:
             digit = self._dtmf.feed(timestamp, payload)
             if digit is not None:
                 self.keys.put_nowait(KeyPress(digit, now))
+            if decoding:
+                self.jitter.push(seq, timestamp, None, now)  # its slot is not a lost frame
             return
-        stats = self.stats
         stats.received += 1
         if stats.first_received_at is None:
             stats.first_received_at = now
         if self.forward_to is not None:
             self.forward_to.forward(payload, fmt.codec, bool(second & 0x80), now)
-        if self._sinks or self.recorder is not None:
-            assert self._decode is not None
-            pcm = self._decode(payload)
+        if decoding:
+            self.jitter.push(seq, timestamp, payload, now)
+            self._deliver(now)
+
+    def _accept_source(self, addr: Address, ssrc: int, now: float) -> bool:
+        """Whether RTP from `addr` (not the latched source) is taken; latches it if it may be.
+
+        Off the per-packet path: only the first packet, and packets from a wrong address, come
+        here (the caller compares `addr` with the latched one first)."""
+        if not self.symmetric:
+            return True
+        if self._source is not None:
+            last = self.stats.last_received_at
+            moved = ssrc == self._source_ssrc and (last is None or now - last >= _RELATCH_AFTER)
+            if not moved:
+                self.stats.wrong_source += 1
+                return False
+            self.stats.relatched += 1
+        self._source, self._source_ssrc = addr, ssrc
+        remote = addr[:2]
+        if remote != self.remote:
+            log.info("RTP %s: latched to %s (the SDP said %s)", self.name, remote, self.remote)
+        self.remote = remote
+        return True
+
+    def _deliver(self, now: float) -> None:
+        """Decoded frames that the jitter buffer has ready, in order, to recorder and sinks."""
+        decode = self._decode
+        assert decode is not None
+        jitter = self.jitter
+        while (frame := jitter.pop(now)) is not None:
+            pcm = decode(frame.payload)
             if self.recorder is not None:
                 self.recorder.received(pcm, now)
             for sink in list(self._sinks):
@@ -188,14 +268,23 @@ class RtpSession(asyncio.DatagramProtocol):
     def start(self, remote: Address, fmt: MediaFormat) -> None:
         """Start sending to `remote` with the negotiated format (called after offer/answer)."""
         self.remote = remote
+        self._sdp_remote = remote
         self.format = fmt
         self._encode = encoder(fmt.codec)
         self._decode = decoder(fmt.codec)
         self._silence = silence_payload(fmt.codec, FRAME)
+        self.jitter.silence = self._silence
         self.clock.add(self)
 
     def update_remote(self, remote: Address) -> None:
+        """A new SDP address (re-INVITE). The same address again (a hold, a session refresh)
+        keeps the latched one, which is where a peer behind NAT really is; a new one is used
+        and the next packet from the peer latches again."""
+        if remote == self._sdp_remote and self._source is not None:
+            return
+        self._sdp_remote = remote
         self.remote = remote
+        self._source = None
 
     def close(self) -> None:
         self.clock.remove(self)
@@ -207,6 +296,7 @@ class RtpSession(asyncio.DatagramProtocol):
             self._playback = None
         self.forward_to = None
         self._sinks.clear()
+        self.jitter.reset()
         if self.transport is not None:
             self.transport.close()
 
@@ -267,6 +357,8 @@ class RtpSession(asyncio.DatagramProtocol):
                 await asyncio.sleep(0.06)  # inter-digit gap, as dialling hardware does
 
     def on_tick(self, now: float) -> None:
+        if self.jitter.pending:  # frames held behind a gap whose wait is over
+            self._deliver(now)
         if self.remote is None or self.format is None or self._is_closed():
             return
         if self._tones:
@@ -327,7 +419,10 @@ class RtpSession(asyncio.DatagramProtocol):
 
     @contextlib.contextmanager
     def listening(self, sink: AudioSink) -> Iterator[None]:
-        """Decoded 8 kHz PCM frames go to `sink` while inside the block."""
+        """Decoded 8 kHz PCM frames go to `sink` while inside the block, in sequence order
+        (through the jitter buffer: a reordered packet waits up to `jitter_window`)."""
+        if not self._sinks and self.recorder is None:
+            self.jitter.reset()  # nobody was listening: what it held is stale
         self._sinks.append(sink)
         try:
             yield

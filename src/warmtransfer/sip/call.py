@@ -15,7 +15,8 @@ import logging
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from warmtransfer.media.session import MediaFormat, RtpSession
+from warmtransfer.media.dtmf import INFO_DTMF_TYPES, parse_info_dtmf
+from warmtransfer.media.session import KeyPress, MediaFormat, RtpSession
 from warmtransfer.sip.dialog import Dialog
 from warmtransfer.sip.message import SipRequest, SipResponse, make_response
 from warmtransfer.sip.sdp import (
@@ -128,9 +129,33 @@ class Call:
         """An in-dialog request other than BYE/ACK/CANCEL."""
         if request.method == "INVITE":
             return self._answer_reinvite(request)
-        if request.method in ("INFO", "OPTIONS", "UPDATE"):
+        if request.method == "INFO":
+            return self._answer_info(request)
+        if request.method in ("OPTIONS", "UPDATE"):
             return make_response(request, 200)
         return make_response(request, 501)
+
+    def _answer_info(self, request: SipRequest) -> SipResponse:
+        """A key pressed by SIP INFO goes on `media.keys` like an RFC 4733 key, so whoever waits
+        for keys (the consult) cannot tell how it came.
+
+        An INFO without a body is a keep-alive some PBXs send: 200. A body we do not understand
+        is 415 with the types we accept (RFC 6086 section 4.2.2), a DTMF body without a key 400;
+        neither raises, since a peer's odd INFO must never disturb the call.
+        """
+        if not request.body:
+            return make_response(request, 200)
+        media_type = (request.content_type or "").split(";", 1)[0].strip().lower()
+        if media_type not in INFO_DTMF_TYPES:
+            return make_response(request, 415, extra=[("Accept", ", ".join(INFO_DTMF_TYPES))])
+        try:
+            digit = parse_info_dtmf(media_type, request.body)
+        except ValueError as exc:
+            # The reason is logged, not echoed: a peer's bytes have no business in our headers.
+            log.info("call %s: malformed DTMF INFO (%s)", self.call_id, exc)
+            return make_response(request, 400, "Bad DTMF Body")
+        self.media.keys.put_nowait(KeyPress(digit, asyncio.get_running_loop().time()))
+        return make_response(request, 200)
 
     def _answer_reinvite(self, request: SipRequest) -> SipResponse:
         """A session refresh or a hold from the peer: keep our media, answer with our SDP."""
