@@ -38,8 +38,10 @@ class Engine:
     ) -> None:
         self.clock = PacingClock()
         self.ua = UserAgent(host, port, user=user, clock=self.clock, name="engine")
-        self.tts: TextToSpeech = tts or PiperTTS()
-        self.consultant: Consultant = consultant or ScriptedConsultant(self.tts)
+        self.tts: TextToSpeech = tts if tts is not None else PiperTTS()
+        self.consultant: Consultant = (
+            consultant if consultant is not None else ScriptedConsultant(self.tts)
+        )
         self.dialer = SipDialer(self.ua)
         self.bridge = SipBridge(self.spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,7 +100,7 @@ class Engine:
             caller=caller,
             dialer=self.dialer,
             bridge=self.bridge,
-            consultant=consultant or self.consultant,
+            consultant=consultant if consultant is not None else self.consultant,
             briefing=briefing,
             transfer_id=transfer_id,
             on_event=on_event,

@@ -19,6 +19,7 @@ from typing import TypeVar
 import pytest
 
 from tests.unit.sip_wire import Wire, new_branch, new_call_id, sdp
+from warmtransfer.media.clock import PacingClock
 from warmtransfer.sip import transaction
 from warmtransfer.sip.call import (
     Call,
@@ -812,3 +813,10 @@ async def test_close_releases_every_socket_and_task_whatever_state_the_calls_are
     assert asyncio.all_tasks() - tasks_before == set()
     assert open_fds() == fds_before
     assert ua.calls == {} and ua._media == set() and ua._timers == {}
+
+
+async def test_the_clock_given_is_the_clock_used_even_when_idle() -> None:
+    """An idle PacingClock has len 0 and so is falsy: `clock or PacingClock()` lost it."""
+    clock = PacingClock()
+    ua = UserAgent("127.0.0.1", 0, clock=clock)
+    assert ua.clock is clock

@@ -10,6 +10,7 @@ schedule instead of bursting packets.
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from collections import deque
 from typing import Protocol
@@ -78,7 +79,10 @@ class PacingClock:
         now = loop.time()
         fired = self._handle
         late = now - self._next
-        self.lateness.record(max(0.0, late))
+        # Lateness is read off the real clock: uvloop's loop.time() is the time the loop
+        # iteration began, in whole milliseconds, which would hide the delay we measure.
+        # Both clocks count CLOCK_MONOTONIC, so they compare.
+        self.lateness.record(max(0.0, time.monotonic() - self._next))
         for stream in list(self._streams.values()):
             try:
                 stream.on_tick(now)

@@ -205,7 +205,7 @@ class UserAgent:
         self.user = user
         self.name = name or user
         self.user_agent = user_agent
-        self.clock = clock or PacingClock()
+        self.clock = clock if clock is not None else PacingClock()  # an idle clock is falsy
         self.incoming: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.on_call = on_call
         self.trace: list[TraceEntry] = []
