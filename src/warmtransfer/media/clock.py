@@ -10,8 +10,8 @@ schedule instead of bursting packets.
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections import deque
 from typing import Protocol
 
