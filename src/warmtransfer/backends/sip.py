@@ -226,6 +226,8 @@ class SipDialer:
             call = await self.ua.call(
                 target.uri,
                 caller_id=target.caller_id,
+                asserted_identity=target.asserted_identity,
+                diversion=target.diversion,
                 headers=target.headers,
                 on_ringing=on_ringing,  # the ring deadline is the driver's: it cancels us
             )

@@ -14,15 +14,39 @@ may move (NAT rebinding) only by sending the latched SSRC after its old address 
 
 Decoded audio (listeners, recorder) goes through a small jitter buffer (`jitter.py`) so it is in
 order and gap-concealed; the bridge's pass-through does not, it forwards on arrival.
+
+RTCP (RFC 3550; packets and statistics in `rtcp.py`). Every `rtcp_interval` (5 s, RFC 3550's
+minimum, randomised 0.5-1.5x per 6.2 so that sessions started together do not report in step)
+the session sends a compound SR (if it sent RTP since its last report) or RR, with an SDES CNAME,
+and a BYE when it closes. Reports from the peer fill `stats.remote_*` and `stats.round_trip`.
+Transport, and its limits:
+- `open` binds the RTP socket on an even port and a second socket on the odd port above it
+  (RFC 3550 11), retrying a few random ports, since peers that read our SDP's `m=` port send
+  their RTCP to port + 1 (we write no `a=rtcp`). If no such pair is found, the session has only
+  its RTP socket: it still sends RTCP (from the RTP port) and hears RTCP that arrives there, but
+  a peer sending to port + 1 goes unheard; media are unaffected.
+- RTCP is sent to where the peer's RTCP comes from once some arrived (symmetric, as RTP), else
+  to the peer's RTP port + 1; with `rtcp_mux` (the peer offered `a=rtcp-mux`, RFC 5761) it goes
+  to the RTP address from the RTP socket, and no second socket is bound. We do not offer
+  `a=rtcp-mux` ourselves, nor honour an `a=rtcp:` port (RFC 3605) the peer wrote.
+- RTCP arriving on the RTP socket is always taken (`is_rtcp` tells it apart), from the latched
+  RTP source only once one is latched; on the RTCP socket, the first sender is latched.
+- One reporting source and one remote source (a phone call): no RTCP bandwidth sharing among
+  many members, no report for CSRCs, no SRTCP.
+Cost: per received audio packet, `ReceptionStats.update` (sequence extension and A.8 jitter),
+which replaces the loss counting done before; everything else runs on the RTCP timer or when an
+RTCP datagram arrives, never in the 20 ms paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -36,6 +60,21 @@ from warmtransfer.media.g711 import decoder, encoder, silence_payload
 from warmtransfer.media.jitter import JitterBuffer
 from warmtransfer.media.player import FRAME, Playback
 from warmtransfer.media.recorder import Recorder
+from warmtransfer.media.rtcp import (
+    Bye,
+    ReceiverReport,
+    ReceptionStats,
+    ReportBlock,
+    RtcpError,
+    RtcpPacket,
+    SenderReport,
+    SourceDescription,
+    build_compound,
+    ntp_middle,
+    ntp_timestamp,
+    parse_compound,
+    round_trip,
+)
 from warmtransfer.media.rtp_packet import build_rtp, is_rtcp
 
 log = logging.getLogger(__name__)
@@ -43,9 +82,9 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 AudioSink = Callable[[NDArray[np.int16]], None]
 _HEADER = struct.Struct("!BBHII")
-_MAX_DROPOUT = 1000  # a forward jump this big is a restarted stream, not loss
-_MAX_MISORDER = 100  # a packet this far behind the newest arrived late (RFC 3550 A.1)
 _RELATCH_AFTER = 1.0  # s of silence from the latched source before its SSRC may move address
+RTCP_INTERVAL = 5.0  # s between reports: RFC 3550 6.2's minimum, fine for one call's two members
+_PORT_PAIR_TRIES = 8  # random ports tried for an even RTP port with a free odd neighbour
 
 
 @dataclass(frozen=True)
@@ -68,23 +107,44 @@ class KeyPress:
 
 
 class RtpStats:
-    def __init__(self) -> None:
+    """Counters of one session. `lost` is RFC 3550's expected - received of the peer's stream,
+    except that a repeat of the newest packet does not offset a loss (never below 0). The
+    `remote_*` fields and `round_trip` are what the peer's RTCP reports say about our stream
+    (None until a report about it came)."""
+
+    def __init__(self, reception: ReceptionStats | None = None) -> None:
+        self.reception = ReceptionStats() if reception is None else reception
         self.sent = 0
         self.received = 0
         self.forwarded = 0
-        self.lost = 0
         self.first_sent_at: float | None = None
         self.first_received_at: float | None = None
         self.first_forwarded_at: float | None = None
         self.last_received_at: float | None = None
         self.wrong_source = 0  # RTP dropped because it came from another address than latched
         self.relatched = 0  # times the latched source moved (NAT rebinding)
+        self.reports_sent = 0  # RTCP compound packets sent
+        self.reports_received = 0  # SRs and RRs received from the peer
+        self.remote_sent: int | None = None  # the peer's packet count, from its last SR
+        self.remote_octets: int | None = None  # the peer's payload octet count, likewise
+        self.remote_loss: float | None = None  # fraction of ours the peer lost, last interval
+        self.remote_lost: int | None = None  # ours the peer lost, cumulative
+        self.remote_jitter: float | None = None  # s, interarrival jitter the peer measures
+        self.round_trip: float | None = None  # s, from the peer's echo of our last SR
+        self.remote_bye = False  # the peer sent an RTCP BYE
+
+    @property
+    def lost(self) -> int:
+        reception = self.reception
+        return max(0, reception.cumulative_lost + reception.duplicates)
 
 
 class RtpSession(asyncio.DatagramProtocol):
     """`symmetric`: latch the remote address to the peer's packets (see the module docstring);
     off only for peers known to send from one address and receive on another. `jitter_window`:
-    how long decoded audio waits for a reordered packet before its gap is concealed."""
+    how long decoded audio waits for a reordered packet before its gap is concealed.
+    `rtcp_interval`: mean seconds between RTCP reports (shorter only in tests; RFC 3550 asks
+    for at least 5). `rtcp_mux`: the peer offered `a=rtcp-mux`, send RTCP on the RTP port."""
 
     def __init__(
         self,
@@ -93,6 +153,8 @@ class RtpSession(asyncio.DatagramProtocol):
         *,
         symmetric: bool = True,
         jitter_window: float = 0.060,
+        rtcp_interval: float = RTCP_INTERVAL,
+        rtcp_mux: bool = False,
     ) -> None:
         self.clock = clock
         self.name = name
@@ -124,8 +186,19 @@ class RtpSession(asyncio.DatagramProtocol):
         self._source: Address | None = None  # the latched address, as received
         self._source_ssrc: int | None = None
         self.jitter = JitterBuffer(b"", window=jitter_window)
-        self._closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
         self.closed_callback: Callable[[RtpSession], None] | None = None
+        self.rtcp_interval = rtcp_interval
+        self.rtcp_mux = rtcp_mux
+        self._reception = self.stats.reception
+        self._rtcp_transport: asyncio.DatagramTransport | None = None
+        self._rtcp_source: Address | None = None  # where the peer's RTCP comes from
+        self._rtcp_timer: asyncio.TimerHandle | None = None
+        self._sent_at_report = 0  # stats.sent when the last report went out
+        self._ts_base = self._ts  # octets sent = timestamp advance, for G.711 (see _report)
+        self._last_sr: tuple[int, float] | None = None  # peer's last SR: (NTP middle, our time)
+        self.cname = f"{self._ssrc:08x}@warmtransfer"
 
     @classmethod
     async def open(
@@ -136,12 +209,41 @@ class RtpSession(asyncio.DatagramProtocol):
         *,
         symmetric: bool = True,
         jitter_window: float = 0.060,
+        rtcp_interval: float = RTCP_INTERVAL,
+        rtcp_mux: bool = False,
     ) -> RtpSession:
+        """Bind the session's sockets on `host`: RTP on an even port, RTCP on the odd one above
+        (unless `rtcp_mux`); see the module docstring for what happens if no pair is free."""
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(clock, name, symmetric=symmetric, jitter_window=jitter_window),
-            local_addr=(host, 0),
-        )
+
+        def session() -> RtpSession:
+            return cls(
+                clock,
+                name,
+                symmetric=symmetric,
+                jitter_window=jitter_window,
+                rtcp_interval=rtcp_interval,
+                rtcp_mux=rtcp_mux,
+            )
+
+        for attempt in range(1 if rtcp_mux else _PORT_PAIR_TRIES):
+            transport, protocol = await loop.create_datagram_endpoint(session, local_addr=(host, 0))
+            if rtcp_mux:
+                break
+            port = protocol.local[1]
+            if port % 2 == 0:
+                try:
+                    protocol._rtcp_transport, _ = await loop.create_datagram_endpoint(
+                        functools.partial(_RtcpSocket, protocol), local_addr=(host, port + 1)
+                    )
+                except OSError:
+                    pass
+                else:
+                    break
+            if attempt < _PORT_PAIR_TRIES - 1:
+                transport.close()
+        else:
+            log.warning("RTP %s: no free RTP/RTCP port pair, RTCP on the RTP port only", name)
         return protocol
 
     @property
@@ -164,7 +266,11 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         fmt = self.format
-        if len(data) < 12 or is_rtcp(data) or fmt is None:
+        if len(data) < 12 or fmt is None:
+            return
+        if is_rtcp(data):
+            if self._source is None or addr == self._source:
+                self._rtcp_received(data, addr, muxed=True)
             return
         first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
         if first >> 6 != 2:
@@ -185,22 +291,24 @@ class RtpSession(asyncio.DatagramProtocol):
         is_event = payload_type == fmt.dtmf_payload_type
         if not is_event and payload_type != fmt.payload_type:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         if addr != self._source and not self._accept_source(addr, ssrc, now):
             return
-        # Events and audio share the sender's sequence space: both count towards loss.
-        self._count_sequence(seq)
         payload = data[header:end]
         stats = self.stats
         stats.last_received_at = now
         decoding = bool(self._sinks) or self.recorder is not None
         if is_event:
+            # Events share the sender's sequence space (they count towards loss), but their
+            # timestamp is the key press's start, useless for jitter.
+            self._reception.count(seq)
             digit = self._dtmf.feed(timestamp, payload)
             if digit is not None:
                 self.keys.put_nowait(KeyPress(digit, now))
             if decoding:
                 self.jitter.push(seq, timestamp, None, now)  # its slot is not a lost frame
             return
+        self._reception.update(seq, timestamp, now)
         stats.received += 1
         if stats.first_received_at is None:
             stats.first_received_at = now
@@ -216,6 +324,7 @@ class RtpSession(asyncio.DatagramProtocol):
         Off the per-packet path: only the first packet, and packets from a wrong address, come
         here (the caller compares `addr` with the latched one first)."""
         if not self.symmetric:
+            self._source_ssrc = ssrc  # the source reported on in RTCP
             return True
         if self._source is not None:
             last = self.stats.last_received_at
@@ -243,23 +352,6 @@ class RtpSession(asyncio.DatagramProtocol):
             for sink in list(self._sinks):
                 sink(pcm)
 
-    def _count_sequence(self, seq: int) -> None:
-        """Loss from sequence gaps. A packet that arrives late fills the gap it was counted
-        lost in (as RFC 3550's expected - received does); a duplicate counts nothing."""
-        last = self._last_seq
-        if last is None:
-            self._last_seq = seq
-            return
-        ahead = (seq - last) & 0xFFFF
-        if ahead == 0:
-            return
-        if ahead >= 0x10000 - _MAX_MISORDER:
-            self.stats.lost = max(0, self.stats.lost - 1)
-            return
-        if ahead < _MAX_DROPOUT:
-            self.stats.lost += ahead - 1
-        self._last_seq = seq
-
     def _is_closed(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 
@@ -275,6 +367,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._silence = silence_payload(fmt.codec, FRAME)
         self.jitter.silence = self._silence
         self.clock.add(self)
+        if self._rtcp_timer is None and not self._is_closed():
+            # RFC 3550 6.2: the first report after half the interval, the rest at the full one.
+            self._schedule_report(self.rtcp_interval / 2)
 
     def update_remote(self, remote: Address) -> None:
         """A new SDP address (re-INVITE). The same address again (a hold, a session refresh)
@@ -285,9 +380,14 @@ class RtpSession(asyncio.DatagramProtocol):
         self._sdp_remote = remote
         self.remote = remote
         self._source = None
+        self._rtcp_source = None
 
     def close(self) -> None:
         self.clock.remove(self)
+        if self._rtcp_timer is not None:
+            self._rtcp_timer.cancel()
+            self._rtcp_timer = None
+            self._send_report(bye=True)  # only a session that started reporting says goodbye
         self._tones = []
         if self._tone_done is not None and not self._tone_done.done():
             self._tone_done.set_exception(MediaClosed(f"RTP session {self.name} closed"))
@@ -297,6 +397,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.forward_to = None
         self._sinks.clear()
         self.jitter.reset()
+        if self._rtcp_transport is not None:
+            self._rtcp_transport.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -433,3 +535,109 @@ class RtpSession(asyncio.DatagramProtocol):
     def clear_keys(self) -> None:
         while not self.keys.empty():
             self.keys.get_nowait()
+
+    # -- RTCP -------------------------------------------------------------------------------
+
+    def _schedule_report(self, interval: float) -> None:
+        delay = interval * random.uniform(0.5, 1.5)
+        self._rtcp_timer = asyncio.get_running_loop().call_later(delay, self._report_due)
+
+    def _report_due(self) -> None:
+        self._rtcp_timer = None
+        if self._is_closed():
+            return
+        self._schedule_report(self.rtcp_interval)
+        try:
+            self._send_report()
+        except Exception:  # a report is never worth losing the call's media timer over
+            log.exception("RTP %s: RTCP report failed", self.name)
+
+    def report(self, *, bye: bool = False) -> bytes:
+        """The compound packet we would send now: SR or RR with a block about the peer's
+        stream if it sent any, SDES CNAME, and BYE if `bye`. Starts a new loss interval."""
+        blocks: tuple[ReportBlock, ...] = ()
+        if self._source_ssrc is not None and self._reception.received:
+            lsr = dlsr = 0
+            if self._last_sr is not None:
+                lsr, at = self._last_sr
+                dlsr = round((asyncio.get_running_loop().time() - at) * 65536)
+            blocks = (self._reception.report_block(self._source_ssrc, lsr, dlsr),)
+        packets: list[RtcpPacket] = []
+        if self.stats.sent > self._sent_at_report:
+            self._sent_at_report = self.stats.sent
+            # G.711 carries one octet per sample, so the timestamp advance is the payload
+            # octets sent (exact for audio; a DTMF packet counts 160 instead of its 4).
+            packets.append(
+                SenderReport(
+                    self._ssrc,
+                    ntp_timestamp(time.time()),
+                    self._ts,
+                    self.stats.sent & 0xFFFFFFFF,
+                    (self._ts - self._ts_base) & 0xFFFFFFFF,
+                    blocks,
+                )
+            )
+        else:
+            packets.append(ReceiverReport(self._ssrc, blocks))
+        packets.append(SourceDescription.cname_of(self._ssrc, self.cname))
+        if bye:
+            packets.append(Bye((self._ssrc,)))
+        return build_compound(packets)
+
+    def _send_report(self, *, bye: bool = False) -> None:
+        if self.remote is None or self._is_closed():
+            return
+        data = self.report(bye=bye)
+        assert self.transport is not None
+        if self.rtcp_mux:
+            self.transport.sendto(data, self.remote)
+        else:
+            host, port = self.remote
+            to = self._rtcp_source or (host, port + 1)
+            (self._rtcp_transport or self.transport).sendto(data, to)
+        self.stats.reports_sent += 1
+
+    def _rtcp_received(self, data: bytes, addr: Address, *, muxed: bool) -> None:
+        """An RTCP datagram from the peer: take what its reports say about our stream."""
+        if not muxed:
+            if self._rtcp_source is None:
+                self._rtcp_source = addr
+            elif addr != self._rtcp_source and self.symmetric:
+                self.stats.wrong_source += 1
+                return
+        try:
+            packets = parse_compound(data)
+        except RtcpError as exc:
+            log.debug("RTP %s: dropped RTCP from %s: %s", self.name, addr, exc)
+            return
+        stats = self.stats
+        arrival = ntp_timestamp(time.time())
+        for packet in packets:
+            if isinstance(packet, SenderReport | ReceiverReport):
+                stats.reports_received += 1
+                if isinstance(packet, SenderReport):
+                    stats.remote_sent = packet.packet_count
+                    stats.remote_octets = packet.octet_count
+                    now = asyncio.get_running_loop().time()
+                    self._last_sr = (ntp_middle(packet.ntp), now)
+                for block in packet.reports:
+                    if block.ssrc != self._ssrc:
+                        continue  # about someone else (a conference mixer's other members)
+                    stats.remote_loss = block.fraction_lost / 256
+                    stats.remote_lost = block.cumulative_lost
+                    stats.remote_jitter = block.jitter / 8000  # G.711's RTP clock
+                    rtt = round_trip(arrival, block)
+                    if rtt is not None:
+                        stats.round_trip = rtt
+            elif isinstance(packet, Bye):
+                stats.remote_bye = True
+
+
+class _RtcpSocket(asyncio.DatagramProtocol):
+    """The odd-port RTCP socket of a session: hands datagrams to it, nothing else."""
+
+    def __init__(self, session: RtpSession) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.session._rtcp_received(data, addr, muxed=False)

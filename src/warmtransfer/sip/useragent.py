@@ -69,6 +69,7 @@ from warmtransfer.sip.message import (
 )
 from warmtransfer.sip.sanitize import display_name, header_name, header_value
 from warmtransfer.sip.sdp import build_offer
+from warmtransfer.sip.session_timer import SessionTimerConfig, TooSmall, negotiate_as_uas
 from warmtransfer.sip.transaction import (
     Action,
     ClientInviteTransaction,
@@ -198,10 +199,32 @@ class UserAgent:
         on_call: Callable[[IncomingCall], Awaitable[None] | None] | None = None,
         credentials: Credentials | None = None,
         inbound: InboundPolicy | None = None,
+        advertised_host: str | None = None,
+        session_timer: SessionTimerConfig | None = SessionTimerConfig(),  # noqa: B008 (frozen)
     ) -> None:
+        """`advertised_host`: the public address a NAT maps us to. Peers beyond the NAT must
+        send SIP and RTP there, so it is what Via, Contact, From and our SDP (c=, o=) name,
+        while the sockets stay bound to `host`; None advertises `host` itself. It must be an
+        IP address: it lands in SDP c= lines, where many peers will not resolve a name.
+
+        `session_timer`: RFC 4028 session timers, so that a call whose peer vanished ends
+        (EndReason.SESSION_EXPIRED) instead of lasting forever; None turns them off. Its
+        `floor` below 90 s is for tests only (see SessionTimerConfig).
+        """
+        if advertised_host is not None:
+            try:
+                ipaddress.ip_address(advertised_host)
+            except ValueError:
+                raise ValueError(
+                    f"advertised host {advertised_host!r} is not an IP address"
+                ) from None
         self.host = host
         self.port = port
         self.media_host = host
+        self.advertised_host = advertised_host
+        # The host other parties see: in headers (IPv6 in brackets) and in SDP (bare).
+        self.sdp_host = advertised_host or host
+        self.sip_host = f"[{self.sdp_host}]" if ":" in self.sdp_host else self.sdp_host
         self.user = user
         self.name = name or user
         self.user_agent = user_agent
@@ -223,6 +246,7 @@ class UserAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.credentials = credentials
         self.inbound = inbound
+        self.session_timer = session_timer
         self._nonce_counts = NonceCounts()
         self._verifier: DigestVerifier | None = None
         if inbound is not None and inbound.credentials is not None:
@@ -311,11 +335,17 @@ class UserAgent:
         return f"sip:{self.user}@{self.host}:{self.port}"
 
     def contact(self) -> str:
-        return f"<sip:{self.user}@{self.host}:{self.port}>"
+        """Where peers send in-dialog requests: the advertised (public) address, if any."""
+        return f"<sip:{self.user}@{self.sip_host}:{self.port}>"
 
     def via(self) -> str:
-        """Via without branch; callers append `;branch=` (Dialog.create_request does)."""
-        return f"SIP/2.0/UDP {self.host}:{self.port}"
+        """Via without branch; callers append `;branch=` (Dialog.create_request does).
+
+        The sent-by is the advertised address: a peer that ignores rport answers there. One
+        that honours rport (RFC 3581, which our requests ask for) answers the source address
+        it saw, so a NAT that also changes the port still works.
+        """
+        return f"SIP/2.0/UDP {self.sip_host}:{self.port}"
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Background protocol work owned by the user agent, awaited or cancelled on close."""
@@ -726,6 +756,14 @@ class UserAgent:
         if call is not None:  # same Call-ID, new branch, no tag: a loop or a merged request
             self.respond(tx, make_response(request, 482))
             return
+        if self.session_timer is not None:  # RFC 4028 9: too short an interval, before ringing
+            asked = negotiate_as_uas(request, self.session_timer)
+            if isinstance(asked, TooSmall):
+                refusal = make_response(
+                    request, 422, to_tag=new_tag(), extra=asked.response_headers()
+                )
+                self.respond(tx, refusal)
+                return
         self.respond(tx, make_response(request, 100))
         self.spawn(self._offer_call(request, tx))
 
@@ -764,18 +802,39 @@ class UserAgent:
         ring_timeout: float | None = None,
         on_ringing: Callable[[int], None] | None = None,
         proxy: Address | None = None,
+        asserted_identity: str | None = None,
+        diversion: str | None = None,
     ) -> OutgoingCall:
         """Place a call and return it once answered.
 
         Raises `CallFailed` with the final status (486, 603…), 408 on no response, 487 after
         the ring timeout (our CANCEL). If the awaiting task is cancelled, the INVITE is
         CANCELled before the CancelledError propagates.
+
+        `asserted_identity` (P-Asserted-Identity, RFC 3325) and `diversion` (Diversion,
+        RFC 5806) take a SIP/tel URI or a number, like `caller_id`: carriers and PBXs present
+        or bill a forwarded call by them, and many refuse a From they do not own without them.
+        A value that is neither raises ValueError before anything is sent.
         """
         target = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
+        # Every identity is checked before any socket opens or any byte is sent.
+        self._from_uri(caller_id)
+        asserted = (
+            self._from_uri(asserted_identity, "asserted identity") if asserted_identity else None
+        )
+        diverted = self._from_uri(diversion, "diversion") if diversion else None
         addr = proxy or await _resolve(target)  # before any socket opens: nothing to leak
         media = await self._open_media(f"{self.name} out")
         try:
-            invite = self._build_invite(target, media.local[1], caller_id, display, headers)
+            invite = self._build_invite(
+                target,
+                media.local[1],
+                caller_id,
+                display,
+                headers,
+                asserted=asserted,
+                diverted=diverted,
+            )
         except BaseException:
             media.close()
             raise
@@ -940,20 +999,29 @@ class UserAgent:
         caller_id: str | None,
         display: str | None,
         extra: Mapping[str, str] | None,
+        *,
+        asserted: SipUri | None = None,
+        diverted: SipUri | None = None,
     ) -> SipRequest:
         from_uri = self._from_uri(caller_id)
-        from_party = NameAddr(from_uri, display_name(display) if display else None).with_tag(
-            new_tag()
-        )
-        offer = build_offer(self.media_host, rtp_port, session_id=random.getrandbits(31))
+        name = display_name(display) if display else None
+        from_party = NameAddr(from_uri, name).with_tag(new_tag())
+        # The SDP names the advertised address: that is where the peer must send our RTP.
+        offer = build_offer(self.sdp_host, rtp_port, session_id=random.getrandbits(31))
         headers = Headers()
         headers.add("Via", f"{self.via()};branch={new_branch()};rport")
         headers.add("Max-Forwards", "70")
         headers.add("From", str(from_party))
         headers.add("To", str(NameAddr(target)))
-        headers.add("Call-ID", new_call_id(self.host))
+        headers.add("Call-ID", new_call_id(self.sip_host))
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", self.contact())
+        if asserted is not None:
+            headers.add("P-Asserted-Identity", str(NameAddr(asserted, name)))
+        if diverted is not None:
+            # RFC 5806 makes the reason optional, but carriers that read Diversion expect one;
+            # a warm transfer forwards the call whatever happened, which is "unconditional".
+            headers.add("Diversion", f"{NameAddr(diverted)};reason=unconditional")
         headers.add("Allow", ALLOW)
         headers.add("User-Agent", self.user_agent)
         for name, value in (extra or {}).items():
@@ -961,15 +1029,28 @@ class UserAgent:
         headers.add("Content-Type", "application/sdp")
         return SipRequest("INVITE", target, headers, offer.to_bytes())
 
-    def _from_uri(self, caller_id: str | None) -> SipUri:
+    def _from_uri(self, caller_id: str | None, what: str = "caller ID") -> SipUri:
+        """The URI for an identity we present (From, P-Asserted-Identity, Diversion).
+
+        A number becomes `sip:<number>@<our advertised host>`. A URI must parse (no spaces,
+        controls, quotes or angle brackets, so nothing can break out of the header) and carry
+        no `?headers` part, which RFC 3261 19.1.5 forbids in these headers and which would
+        otherwise let a configured value smuggle header fields to whoever acts on them.
+        """
         if not caller_id:
-            return SipUri.parse(f"sip:{self.user}@{self.host}")
+            return SipUri.parse(f"sip:{self.user}@{self.sip_host}")
         if caller_id.startswith(("sip:", "sips:", "tel:")):
-            return SipUri.parse(caller_id)
+            try:
+                uri = SipUri.parse(caller_id)
+            except ValueError as exc:
+                raise ValueError(f"{what} {caller_id!r} is not a valid URI: {exc}") from None
+            if uri.headers:
+                raise ValueError(f"{what} {caller_id!r} must not carry URI headers ('?')")
+            return uri
         user = caller_id.strip()
         if not _NUMBER.fullmatch(user):  # ASCII digits only: str.isdigit() takes "١٢٣" too
-            raise ValueError(f"caller ID {caller_id!r} is neither a SIP URI nor a number")
-        return SipUri.parse(f"sip:{user}@{self.host}")
+            raise ValueError(f"{what} {caller_id!r} is neither a SIP URI nor a number")
+        return SipUri.parse(f"sip:{user}@{self.sip_host}")
 
 
 def _granted_expires(response: SipResponse, contact: str, requested: int) -> int:

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _DIGITS = re.compile(r"^[0-9*#A-Dw,]*$")
 _HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
+_NUMBER = re.compile(r"^\+?[0-9]{1,32}$")
+# Never in an identity URI: whitespace, controls and the characters that end a name-addr or
+# start URI headers. The SIP stack checks again; refusing here names the field at load time.
+_IDENTITY_FORBIDDEN = re.compile(r'[\x00-\x20\x7f-\x9f\u2028\u2029<>"?]')
 
 
 class Target(BaseModel):
@@ -29,6 +33,14 @@ class Target(BaseModel):
     headers: dict[str, str] = Field(
         default_factory=dict, description="extra X- headers on the INVITE (sanitised)"
     )
+    asserted_identity: str | None = Field(
+        default=None,
+        description="SIP/tel URI or number sent as P-Asserted-Identity (RFC 3325)",
+    )
+    diversion: str | None = Field(
+        default=None,
+        description="SIP/tel URI or number the call is forwarded from, as Diversion (RFC 5806)",
+    )
     dtmf: str = Field(default="", description="digits sent after answer; w = 0.5 s pause")
     ring_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds to ring")
 
@@ -39,6 +51,21 @@ class Target(BaseModel):
             raise ValueError(f"target URI {value!r} must start with sip:, sips: or tel:")
         if any(ch in value for ch in '\r\n\0 <>"'):
             raise ValueError(f"target URI {value!r} contains a forbidden character")
+        return value
+
+    @field_validator("asserted_identity", "diversion")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        """A number or a URI, nothing else: these values end up in INVITE headers, and a
+        configuration (or an LLM filling one in) must not be able to write header lines."""
+        if value is None:
+            return None
+        if _NUMBER.fullmatch(value):
+            return value
+        if not value.startswith(("sip:", "sips:", "tel:")) or len(value) > 256:
+            raise ValueError(f"identity {value!r} must be a number or a sip:, sips: or tel: URI")
+        if _IDENTITY_FORBIDDEN.search(value):
+            raise ValueError(f"identity {value!r} contains a forbidden character")
         return value
 
     @field_validator("dtmf")
