@@ -9,7 +9,6 @@ the consult actually listens). Every wait is on a queue or event with a deadline
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,24 +20,6 @@ from warmtransfer.media.session import KeyPress
 from warmtransfer.sip.message import SipResponse
 from warmtransfer.sip.useragent import UserAgent
 from warmtransfer.transfer.target import Target
-
-
-@pytest.fixture
-async def ua() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="wt").start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[Wire]:
-    raw = await Wire.open()
-    try:
-        yield raw
-    finally:
-        raw.close()
 
 
 def info(

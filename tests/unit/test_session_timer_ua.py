@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.unit.conftest import started_ua
 from tests.unit.sip_wire import Wire, new_branch, new_call_id, sdp
 from tests.unit.test_useragent import answer_sdp, media_closed, within
 from warmtransfer.sip.call import CallState, EndReason, IncomingCall, OutgoingCall
@@ -25,20 +26,8 @@ SHORT = SessionTimerConfig(interval=2, min_se=1, floor=1)  # for tests only: RFC
 
 @pytest.fixture
 async def ua() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="wt", session_timer=SHORT).start()
-    try:
+    async with started_ua(session_timer=SHORT) as agent:
         yield agent
-    finally:
-        await agent.close()
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[Wire]:
-    raw = await Wire.open()
-    try:
-        yield raw
-    finally:
-        raw.close()
 
 
 def reply(

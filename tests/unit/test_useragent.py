@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -60,33 +60,6 @@ def sent_requests(ua: UserAgent, method: str) -> list[SipRequest]:
 def media_closed(call: Call) -> bool:
     transport = call.media.transport
     return transport is None or transport.is_closing()
-
-
-@pytest.fixture
-async def ua() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="wt").start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="human").start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[Wire]:
-    raw = await Wire.open()
-    try:
-        yield raw
-    finally:
-        raw.close()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.unit.conftest import started_ua
 from tests.unit.sip_wire import Wire, new_branch, new_call_id
 from tests.unit.test_useragent import answer_sdp, sent_requests, within
 from warmtransfer.sip.call import CallFailed
@@ -32,21 +33,9 @@ REALM = "carrier.test"
 
 
 @pytest.fixture
-async def wire() -> AsyncIterator[Wire]:
-    raw = await Wire.open()
-    try:
-        yield raw
-    finally:
-        raw.close()
-
-
-@pytest.fixture
 async def ua() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="wt", credentials=ALICE).start()
-    try:
+    async with started_ua(credentials=ALICE) as agent:
         yield agent
-    finally:
-        await agent.close()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 
+from tests.unit.conftest import started_ua
 from tests.unit.sip_wire import Wire, new_branch, new_call_id, sdp
 from warmtransfer.backends.sip import SipDialer
 from warmtransfer.sip.call import CallFailed
@@ -34,31 +35,9 @@ async def within(awaitable: Awaitable[T], seconds: float = DEADLINE) -> T:
 
 
 @pytest.fixture
-async def ua() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="wt").start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
-
-
-@pytest.fixture
 async def natted() -> AsyncIterator[UserAgent]:
-    agent = await UserAgent("127.0.0.1", user="wt", advertised_host=PUBLIC).start()
-    try:
+    async with started_ua(advertised_host=PUBLIC) as agent:
         yield agent
-    finally:
-        await agent.close()
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[Wire]:
-    raw = await Wire.open()
-    try:
-        yield raw
-    finally:
-        raw.close()
-        await raw.wait_closed()
 
 
 def nothing_sent(ua: UserAgent) -> bool:
