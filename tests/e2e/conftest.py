@@ -6,15 +6,16 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.peers.baresip import BaresipPeer, write_tone_wav
 from tests.peers.ports import free_port_pair
+from tests.peers.sipp import SippPeer
 from warmtransfer.backends.sip import SipCallerLeg
 from warmtransfer.consult.ports import Briefing
 from warmtransfer.engine import Engine
@@ -149,6 +150,21 @@ async def baresip_human(
         sip_port=free_port_pair(),
     ) as human:
         yield human
+
+
+def sipp_caller(
+    workdir: Path, running: Running, bye_after_ms: int = 12000, **options: Any
+) -> AbstractAsyncContextManager[SippPeer]:
+    """A sipp caller (uac_call.xml) that dials the engine and hangs up after `bye_after_ms`."""
+    return SippPeer.uac(
+        workdir,
+        "uac_call",
+        f"127.0.0.1:{running.engine.ua.port}",
+        service="warmtransfer",
+        port=free_port_pair(),
+        variables={"bye_after_ms": bye_after_ms},
+        **options,
+    )
 
 
 def plan_for(

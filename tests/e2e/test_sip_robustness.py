@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Running, answer_and_transfer, plan_for
+from tests.e2e.conftest import Running, answer_and_transfer, plan_for, sipp_caller
 from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
 from warmtransfer.sip.call import CallState, EndReason, IncomingCall
@@ -44,13 +44,10 @@ async def test_warm_transfer_completes_when_sipp_loses_ten_percent_of_sip(
         SippPeer.uas(
             tmp_path, "uas_answer_dtmf", port=free_port_pair(), extra=LOSS, recv_timeout=20.0
         ) as human,
-        SippPeer.uac(
+        sipp_caller(
             tmp_path,
-            "uac_call",
-            f"127.0.0.1:{running.engine.ua.port}",
-            service="warmtransfer",
-            port=free_port_pair(),
-            variables={"bye_after_ms": 9000},
+            running,
+            9000,
             extra=LOSS,
             recv_timeout=20.0,
         ) as caller,

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     call_in,
     finish,
     plan_for,
+    sipp_caller,
 )
 from tests.peers.ports import free_port_pair
 from tests.peers.sipp import SippPeer
@@ -169,14 +170,7 @@ async def test_sipp_caller_transfers_to_sipp_human_accepting_by_key(
 ) -> None:
     async with (
         SippPeer.uas(tmp_path, "uas_answer_dtmf", port=free_port_pair()) as human,
-        SippPeer.uac(
-            tmp_path,
-            "uac_call",
-            f"127.0.0.1:{running.engine.ua.port}",
-            service="warmtransfer",
-            port=free_port_pair(),
-            variables={"bye_after_ms": 12000},
-        ) as caller,
+        sipp_caller(tmp_path, running, 12000) as caller,
     ):
         async with asyncio.timeout(20):
             _, outcome = await answer_and_transfer(running, plan_for(human.uri))
