@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from warmtransfer.backends.sip import SipBridge, SipCallerLeg, SipDialer
@@ -16,6 +16,7 @@ from warmtransfer.consult.scripted import ScriptedConsultant
 from warmtransfer.media.clock import PacingClock
 from warmtransfer.media.hold_music import hold_music
 from warmtransfer.sip.call import Call, IncomingCall
+from warmtransfer.sip.transports import TlsConfig
 from warmtransfer.sip.useragent import UserAgent
 from warmtransfer.speech.tts import PiperTTS, TextToSpeech
 from warmtransfer.transfer.driver import WarmTransfer
@@ -35,9 +36,15 @@ class Engine:
         user: str = "warmtransfer",
         tts: TextToSpeech | None = None,
         consultant: Consultant | None = None,
+        listen: Sequence[str] = ("udp",),
+        tls: TlsConfig | None = None,
     ) -> None:
+        """`listen` and `tls`: the SIP transports, as for `UserAgent` (UDP and TCP share
+        `port`; TLS listens on `tls.port`)."""
         self.clock = PacingClock()
-        self.ua = UserAgent(host, port, user=user, clock=self.clock, name="engine")
+        self.ua = UserAgent(
+            host, port, user=user, clock=self.clock, name="engine", listen=listen, tls=tls
+        )
         self.tts: TextToSpeech = tts if tts is not None else PiperTTS()
         self.consultant: Consultant = (
             consultant if consultant is not None else ScriptedConsultant(self.tts)

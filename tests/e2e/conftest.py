@@ -100,12 +100,18 @@ class Running:
 
 
 @pytest.fixture
-async def running(tts: PiperTTS) -> AsyncIterator[Running]:
+def engine_options() -> dict[str, Any]:
+    """Extra Engine arguments; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def running(tts: PiperTTS, engine_options: dict[str, Any]) -> AsyncIterator[Running]:
     """An engine on a free loopback port; on the way out, proves nothing was left behind."""
     await tts.warm_up()
     fds_before = open_fds()
     tasks_before = len(asyncio.all_tasks())
-    engine = Engine(port=free_port_pair(), tts=tts)
+    engine = Engine(port=free_port_pair(), tts=tts, **engine_options)
     await engine.start()
     try:
         yield Running(engine)
@@ -191,11 +197,12 @@ async def answer_and_transfer(
 
 
 async def call_in(
-    running: Running, caller: BaresipPeer, plan: TransferPlan
+    running: Running, caller: BaresipPeer, plan: TransferPlan, uri: str | None = None
 ) -> asyncio.Future[tuple[SipCallerLeg, TransferOutcome]]:
-    """The caller dials the engine, which answers and starts the transfer; await the result."""
+    """The caller dials the engine (at `uri`, default its UDP URI), which answers and starts
+    the transfer; await the result."""
     engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
-    await caller.dial(running.engine.uri)
+    await caller.dial(uri or running.engine.uri)
     return engine_side
 
 

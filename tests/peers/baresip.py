@@ -246,7 +246,8 @@ class BaresipPeer(RunsAProcess):
     def uri(self) -> str:
         """SIP URI that reaches this peer."""
         suffix = "" if self.transport == "udp" else f";transport={self.transport}"
-        return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}{suffix}"
+        port = self.sip_port + 1 if self.transport == "tls" else self.sip_port
+        return f"sip:{self.user}@{LOOPBACK}:{port}{suffix}"
 
     @property
     def aor(self) -> str:
@@ -273,6 +274,8 @@ class BaresipPeer(RunsAProcess):
         start_timeout: float = 10.0,
         extra_config: Iterable[str] = (),
         extra_account_params: str = "",
+        tls_certificate: Path | None = None,
+        tls_cafile: Path | None = None,
     ) -> AsyncIterator[BaresipPeer]:
         """Start baresip in `workdir/<name>` and yield it once it is ready to take commands.
 
@@ -286,12 +289,19 @@ class BaresipPeer(RunsAProcess):
         record: sndfile module -> `dump-*-dec.wav` (heard) / `dump-*-enc.wav` (sent) in `dir`.
         codecs: audio codecs in preference order (offer/answer order), any of PCMU, PCMA.
             telephone-event/8000 (PT 101) is always offered.
-        transport: "udp" or "tcp" (`uri` and `dial` add `;transport=tcp`). baresip always listens
-            on UDP+TCP `sip_port` and TLS `sip_port + 1`.
+        transport: "udp", "tcp" or "tls" (`uri` and `dial` add `;transport=...`). baresip always
+            listens on UDP+TCP `sip_port`, and on TLS `sip_port + 1` when it has a certificate.
+        tls_certificate: PEM holding baresip's certificate and key (`sip_certificate`): needed
+            to be called over TLS. tls_cafile: the CAs it trusts as a TLS client (`sip_cafile`).
         sip_trace: `-s`, every SIP message sent/received goes to the log.
         """
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"transport must be udp or tcp, not {transport!r}")
+        if transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
+        extra_config = list(extra_config)
+        if tls_certificate is not None:
+            extra_config.append(f"sip_certificate\t{tls_certificate}")
+        if tls_cafile is not None:
+            extra_config.append(f"sip_cafile\t\t{tls_cafile}")
         codec_names = [c.upper() for c in codecs]
         bad = [c for c in codec_names if c not in ("PCMU", "PCMA")]
         if bad or not codec_names:

@@ -590,7 +590,8 @@ async def test_malformed_datagrams_never_disturb_a_call(
     wire.send(wire.request("OPTIONS", ua.address, call_id=new_call_id()), ua.address)
     await wire.response(200, "OPTIONS")
 
-    assert ua._transport is not None and not ua._transport.is_closing()
+    udp = ua._transports._udp
+    assert udp is not None and not udp.is_closing()
     assert inbound.call.is_up and list(ua.calls.values()) == [inbound.call]
     assert ua.incoming.empty()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

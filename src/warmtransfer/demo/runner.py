@@ -22,6 +22,7 @@ from warmtransfer.demo.phone import Phone
 from warmtransfer.demo.timeline import Timeline
 from warmtransfer.engine import Engine
 from warmtransfer.media.recorder import Recorder
+from warmtransfer.sip.flow import Flow
 from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import TransferOutcome
@@ -105,7 +106,7 @@ async def run_demo(
             stack.push_async_callback(part.close)
         names = {caller.ua.port: "caller", human.ua.port: "human"}
 
-        def on_sip(direction: str, data: bytes, addr: tuple[str, int], at: float) -> None:
+        def on_sip(direction: str, data: bytes, addr: Flow, at: float) -> None:
             peer = names.get(addr[1], f"{addr[0]}:{addr[1]}")
             arrow = f"engine → {peer}" if direction == "out" else f"engine ← {peer}"
             timeline.add(at, "sip", f"{arrow:<16} {_first_line(data)}")

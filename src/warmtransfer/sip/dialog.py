@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from warmtransfer.sip.flow import Flow, flow_for
 from warmtransfer.sip.message import (
     Headers,
     SipRequest,
@@ -62,11 +63,12 @@ class Dialog:
             remote_cseq=invite.cseq[0],
         )
 
-    def next_address(self, default_port: int = 5060) -> tuple[str, int]:
-        """Where in-dialog requests go: the first loose route, else the remote target."""
+    def next_address(self) -> Flow:
+        """Where in-dialog requests go: the first loose route, else the remote target, over
+        the transport that URI names (RFC 3261 12.2.1.1 and 8.1.2)."""
         if self.route_set:
-            return NameAddr.parse(self.route_set[0]).uri.host_port(default_port)
-        return self.remote_target.host_port(default_port)
+            return flow_for(NameAddr.parse(self.route_set[0]).uri)
+        return flow_for(self.remote_target)
 
     def create_request(
         self,

@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, auto
 
+from warmtransfer.sip.flow import Flow
 from warmtransfer.sip.message import Headers, SipRequest, SipResponse
 
 T1 = 0.5
 T2 = 4.0
 T4 = 5.0
-
-Address = tuple[str, int]
+# Where a transaction sends: an address and the transport (UDP, TCP, TLS).
+Address = Flow
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The asyncio layer of the SIP stack: one UDP socket, timers, and the routing of messages to
-transactions, dialogs and calls. Everything protocol-shaped happens in the sans-IO modules.
+"""The asyncio layer of the SIP stack: timers, and the routing of messages to transactions,
+dialogs and calls. Everything protocol-shaped happens in the sans-IO modules, and the sockets
+(UDP, TCP, TLS) in `transports`.
 
 One `UserAgent` serves any number of calls in both directions. Inbound calls are offered on
 `incoming` (an asyncio queue) or to `on_call`; outbound calls are placed with `call()`.
@@ -11,6 +12,10 @@ Carriers and PBXs want to know who we are, and we want to know who calls us:
   answer unless it says `stale=true` (then one more try with the new nonce).
 - `register()` keeps a binding at a registrar, refreshed at 80 % of the granted Expires by a
   task the user agent owns; `close()` removes it (Expires: 0).
+- `listen=("udp", "tcp", "tls")` with `tls=TlsConfig(...)` chooses the transports we accept on;
+  an outbound call or registration uses the transport its URI names (`;transport=tcp`, sips:).
+  The transport layer fills in the top Via and our Contact for the transport a message actually
+  travels on (RFC 3261 18.1.1), so the layers above build every message the same way.
 - `inbound=InboundPolicy(...)` decides who may start anything with us: an out-of-dialog request
   from an address outside `allow_ips` gets 403, and with `credentials` an INVITE must carry a
   valid digest answer to a 401 challenge. Both refusals are stateless: a flood of INVITEs costs
@@ -51,6 +56,7 @@ from warmtransfer.sip.digest import (
     choose,
     parse_authorization,
 )
+from warmtransfer.sip.flow import Flow, as_flow, flow_for, transport_of
 from warmtransfer.sip.message import (
     Headers,
     SipParseError,
@@ -84,17 +90,26 @@ from warmtransfer.sip.transaction import (
     Transaction,
     TxState,
 )
-from warmtransfer.sip.uri import NameAddr, SipUri, is_token
+from warmtransfer.sip.transports import SipTransports, TlsConfig
+from warmtransfer.sip.uri import NameAddr, SipUri, format_params, is_token
 
-__all__ = ["Credentials", "InboundPolicy", "Registration", "TraceEntry", "UserAgent"]
+__all__ = [
+    "Credentials",
+    "Flow",
+    "InboundPolicy",
+    "Registration",
+    "TlsConfig",
+    "TraceEntry",
+    "UserAgent",
+]
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+Address = Flow
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY"
 _ALLOWED = frozenset(method.strip() for method in ALLOW.split(","))
 _NUMBER = re.compile(r"\+?[0-9]{1,32}")
-TraceHook = Callable[[str, bytes, Address, float], None]
+TraceHook = Callable[[str, bytes, Flow, float], None]
 # Which header carries a challenge and which carries the answer, by status (RFC 3261 22.2, 22.3).
 _AUTH_HEADERS = {
     401: ("WWW-Authenticate", "Authorization"),
@@ -152,7 +167,7 @@ class Registration:
 
     registrar: SipUri
     aor: SipUri
-    addr: Address
+    addr: Flow
     requested: int
     call_id: str = field(default_factory=lambda: new_call_id("warmtransfer"))
     from_tag: str = field(default_factory=new_tag)
@@ -166,24 +181,8 @@ class Registration:
 class TraceEntry:
     direction: str  # "in" or "out"
     data: bytes
-    addr: Address
+    addr: Flow
     at: float
-
-
-class _Transport(asyncio.DatagramProtocol):
-    def __init__(self, ua: UserAgent) -> None:
-        self.ua = ua
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.ua.datagram_received(data, addr[:2])
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("SIP socket error: %s", exc)
 
 
 class UserAgent:
@@ -201,6 +200,8 @@ class UserAgent:
         inbound: InboundPolicy | None = None,
         advertised_host: str | None = None,
         session_timer: SessionTimerConfig | None = SessionTimerConfig(),  # noqa: B008 (frozen)
+        listen: Sequence[str] = ("udp",),
+        tls: TlsConfig | None = None,
     ) -> None:
         """`advertised_host`: the public address a NAT maps us to. Peers beyond the NAT must
         send SIP and RTP there, so it is what Via, Contact, From and our SDP (c=, o=) name,
@@ -210,7 +211,17 @@ class UserAgent:
         `session_timer`: RFC 4028 session timers, so that a call whose peer vanished ends
         (EndReason.SESSION_EXPIRED) instead of lasting forever; None turns them off. Its
         `floor` below 90 s is for tests only (see SessionTimerConfig).
+
+        `listen`: the transports we accept requests on. UDP and TCP share `port`; TLS listens
+        on `tls.port` and needs `tls.certfile`. `tls` also holds whom we trust when we dial a
+        TLS URI. A transport we do not listen on cannot be dialled either: our Contact would
+        name a port where nobody answers the peer's BYE.
         """
+        listen = tuple(dict.fromkeys(kind.lower() for kind in listen))
+        if not listen or any(kind not in ("udp", "tcp", "tls") for kind in listen):
+            raise ValueError(f"listen={listen!r}: each transport must be udp, tcp or tls")
+        if "tls" in listen and (tls is None or tls.certfile is None):
+            raise ValueError("listening for TLS needs tls=TlsConfig(certfile=..., keyfile=...)")
         if advertised_host is not None:
             try:
                 ipaddress.ip_address(advertised_host)
@@ -234,8 +245,10 @@ class UserAgent:
         self.trace: list[TraceEntry] = []
         self.trace_hooks: list[TraceHook] = []
         self.calls: dict[str, Call] = {}
-        self._transport: asyncio.DatagramTransport | None = None
-        self._protocol: _Transport | None = None
+        self.listen = listen
+        self.tls = tls
+        self._transports = SipTransports(host, self.receive, self._transport_failed, tls=tls)
+        self._running = False
         self._media: set[RtpSession] = set()
         self._client: dict[tuple[str, str], Transaction] = {}
         self._server: dict[tuple[str, str], Transaction] = {}
@@ -263,14 +276,16 @@ class UserAgent:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> UserAgent:
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Transport(self), local_addr=(self.host, self.port)
-        )
-        self._transport = transport
-        self._protocol = protocol
-        self.port = transport.get_extra_info("sockname")[1]
+        await self._transports.open(self.listen, self.port)
+        ports = self._transports.ports
+        self.port = ports.get("udp") or ports.get("tcp") or ports["tls"]
+        self._running = True
         return self
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Where we listen, by transport."""
+        return dict(self._transports.ports)
 
     async def close(self) -> None:
         """Unregister, hang up every call, stop every timer and close the socket."""
@@ -306,13 +321,10 @@ class UserAgent:
         self._cancel_deadlines.clear()
         self._client.clear()
         self._server.clear()
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        self._running = False
+        await self._transports.close()
         # Sockets close on the loop's next turn: wait, so "closed" means closed.
         waits: list[Awaitable[None]] = [m.wait_closed() for m in self._media]
-        if self._protocol is not None:
-            waits.append(self._protocol.closed)
         for media in self._media:
             media.close()
         self._media.clear()
@@ -327,25 +339,45 @@ class UserAgent:
         await self.close()
 
     @property
-    def address(self) -> Address:
+    def address(self) -> tuple[str, int]:
+        """Our socket address for the first transport we listen on (see `flow` for which)."""
         return (self.host, self.port)
 
     @property
+    def flow(self) -> Flow:
+        return Flow(self.host, self.port, self.listen[0])
+
+    @property
     def uri(self) -> str:
-        return f"sip:{self.user}@{self.host}:{self.port}"
+        return self.uri_for(self.listen[0])
 
-    def contact(self) -> str:
-        """Where peers send in-dialog requests: the advertised (public) address, if any."""
-        return f"<sip:{self.user}@{self.sip_host}:{self.port}>"
+    def uri_for(self, transport: str) -> str:
+        """Our URI over one transport we listen on (TCP and TLS say so in `;transport=`)."""
+        port = self._transports.ports.get(transport, self.port)
+        suffix = "" if transport == "udp" else f";transport={transport}"
+        return f"sip:{self.user}@{self.host}:{port}{suffix}"
 
-    def via(self) -> str:
+    def contact(self, transport: str | None = None) -> str:
+        """Where peers send in-dialog requests: the advertised (public) address, if any.
+
+        Without `transport`, the contact for our first listening transport; `send` swaps it
+        for the one of the transport a message actually travels on.
+        """
+        kind = transport or self.listen[0]
+        port = self._transports.ports.get(kind, self.port)
+        suffix = "" if kind == "udp" else f";transport={kind}"
+        return f"<sip:{self.user}@{self.sip_host}:{port}{suffix}>"
+
+    def via(self, transport: str | None = None) -> str:
         """Via without branch; callers append `;branch=` (Dialog.create_request does).
 
         The sent-by is the advertised address: a peer that ignores rport answers there. One
         that honours rport (RFC 3581, which our requests ask for) answers the source address
         it saw, so a NAT that also changes the port still works.
         """
-        return f"SIP/2.0/UDP {self.sip_host}:{self.port}"
+        kind = transport or self.listen[0]
+        port = self._transports.ports.get(kind, self.port)
+        return f"SIP/2.0/{kind.upper()} {self.sip_host}:{port}"
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Background protocol work owned by the user agent, awaited or cancelled on close."""
@@ -361,14 +393,36 @@ class UserAgent:
 
     # -- wire -------------------------------------------------------------------------------
 
-    def send(self, message: SipRequest | SipResponse, addr: Address) -> None:
-        if self._transport is None:
+    def send(self, message: SipRequest | SipResponse, addr: Flow | tuple[str, int]) -> None:
+        if not self._running:
             return
+        flow = as_flow(addr)
+        self._fit_to_transport(message, flow.transport)
         data = serialize(message)
-        self._transport.sendto(data, addr)
-        self._record("out", data, addr)
+        self._transports.send(data, flow)
+        self._record("out", data, flow)
 
-    def _record(self, direction: str, data: bytes, addr: Address) -> None:
+    def _fit_to_transport(self, message: SipRequest | SipResponse, kind: str) -> None:
+        """Name the transport a message leaves on in our top Via and our Contact.
+
+        Only values that are ours (our host and port) are touched: a request we relay or a
+        Contact the application chose stays as it is. Idempotent, so a retransmission or a
+        CANCEL/ACK copying the INVITE's Via comes out the same.
+        """
+        if isinstance(message, SipRequest):
+            vias = message.headers.get_all("Via")
+            if vias:
+                top = Via.parse(vias[0])
+                ours = self.via(kind)
+                if top.host == self.sdp_host and f"SIP/2.0/{top.transport} " not in ours:
+                    message.headers.remove("Via")
+                    message.headers.add("Via", f"{ours}{format_params(top.params)}")
+                    for via in vias[1:]:
+                        message.headers.add("Via", via)
+        if kind != self.listen[0] and message.headers.get("Contact") == self.contact():
+            message.headers.set("Contact", self.contact(kind))
+
+    def _record(self, direction: str, data: bytes, addr: Flow) -> None:
         at = asyncio.get_running_loop().time()
         self.trace.append(TraceEntry(direction, data, addr, at))
         if len(self.trace) > 2000:
@@ -376,18 +430,22 @@ class UserAgent:
         for hook in self.trace_hooks:
             hook(direction, data, addr, at)
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
+    def datagram_received(self, data: bytes, addr: Flow | tuple[str, int]) -> None:
+        """One message from the wire (the name predates TCP; a stream message comes here too)."""
+        self.receive(data, as_flow(addr))
+
+    def receive(self, data: bytes, addr: Flow) -> None:
         if is_keepalive(data):
             return
         self._record("in", data, addr)
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            log.info("malformed SIP message from %s:%s: %s", *addr, exc)
+            log.info("malformed SIP message from %s: %s", addr, exc)
             try:
                 bad = _bad_request(data, str(exc), self.host)
             except Exception:  # never let a reply to garbage take the socket down
-                log.exception("could not answer a malformed request from %s:%s", *addr)
+                log.exception("could not answer a malformed request from %s", addr)
                 return
             if bad is not None:
                 self.send(bad, addr)
@@ -398,7 +456,7 @@ class UserAgent:
             else:
                 self._on_response(message, addr)
         except Exception:  # a bug in handling one message must not take the socket down
-            log.exception("error handling a SIP message from %s:%s", *addr)
+            log.exception("error handling a SIP message from %s", addr)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -455,23 +513,24 @@ class UserAgent:
         now = asyncio.get_running_loop().time()
         tx: ClientInviteTransaction | ClientNonInviteTransaction
         if request.method == "INVITE":
-            tx = ClientInviteTransaction(request, addr)
+            tx = ClientInviteTransaction(request, addr, addr.reliable)
         else:
-            tx = ClientNonInviteTransaction(request, addr)
+            tx = ClientNonInviteTransaction(request, addr, addr.reliable)
         self._client[(tx.branch, request.method)] = tx
         self._listeners[id(tx)] = listener
         self._run(tx, tx.start(now))
         return tx
 
-    async def request(self, request: SipRequest, addr: Address) -> SipResponse:
+    async def request(self, request: SipRequest, addr: Flow | tuple[str, int]) -> SipResponse:
         """Send a non-INVITE request and wait for its final response (CallFailed on timeout).
 
         A 401/407 is answered once with our credentials (see `_authenticated_retry`); the
         response returned is the last one, so its CSeq tells which request it answers.
         """
         answered: dict[int, int] = {}
+        flow = as_flow(addr)
         while True:
-            response = await self._request_once(request, addr)
+            response = await self._request_once(request, flow)
             retry = self._authenticated_retry(request, response, answered)
             if retry is None:
                 return response
@@ -586,7 +645,7 @@ class UserAgent:
             headers.add("Route", route)
         cancel = SipRequest("CANCEL", invite.uri, headers)
         tx = self._client.get((invite.vias[0].branch or "", "INVITE"))
-        addr = tx.addr if tx is not None else invite.uri.host_port()
+        addr = tx.addr if tx is not None else flow_for(invite.uri)
         self._start_client(cancel, addr, lambda response: None)
         if tx is not None and invite.call_id not in self._cancel_deadlines:
             loop = asyncio.get_running_loop()
@@ -646,7 +705,7 @@ class UserAgent:
         if method == "INVITE":
             self._on_invite(request, addr, now)
             return
-        tx = ServerNonInviteTransaction(request, addr)
+        tx = ServerNonInviteTransaction(request, addr, addr.reliable)
         self._server[(branch, method)] = tx
         self.respond(tx, self._answer_non_invite(request, branch))
 
@@ -656,7 +715,7 @@ class UserAgent:
         if policy is None or request.to.tag is not None:
             return None
         if not policy.allows(addr[0]):
-            log.info("%s from %s:%s refused: not an allowed address", request.method, *addr)
+            log.info("%s from %s refused: not an allowed address", request.method, addr)
             return make_response(request, 403, to_tag=new_tag())
         verifier = self._verifier
         if (
@@ -672,7 +731,7 @@ class UserAgent:
             try:
                 answer = parse_authorization(value)
             except DigestError as exc:
-                log.info("INVITE from %s:%s: unreadable Authorization: %s", *addr, exc)
+                log.info("INVITE from %s: unreadable Authorization: %s", addr, exc)
                 continue
             if answer.realm == verifier.realm:
                 verdict = verifier.verify(answer, request.method, now)
@@ -743,7 +802,7 @@ class UserAgent:
             # A retransmission after our 2xx ended the transaction: the 2xx is being
             # retransmitted already (OkRetransmitter); this is never a second call.
             return
-        tx = ServerInviteTransaction(request, addr)
+        tx = ServerInviteTransaction(request, addr, addr.reliable)
         self._server[(branch, "INVITE")] = tx
         if request.to.tag is not None:
             if call is None or (call.dialog is not None and not call.dialog.matches(request)):
@@ -801,7 +860,7 @@ class UserAgent:
         headers: Mapping[str, str] | None = None,
         ring_timeout: float | None = None,
         on_ringing: Callable[[int], None] | None = None,
-        proxy: Address | None = None,
+        proxy: Flow | tuple[str, int] | None = None,
         asserted_identity: str | None = None,
         diversion: str | None = None,
     ) -> OutgoingCall:
@@ -823,7 +882,7 @@ class UserAgent:
             self._from_uri(asserted_identity, "asserted identity") if asserted_identity else None
         )
         diverted = self._from_uri(diversion, "diversion") if diversion else None
-        addr = proxy or await _resolve(target)  # before any socket opens: nothing to leak
+        addr = await self._route(target, proxy)  # before any socket opens: nothing to leak
         media = await self._open_media(f"{self.name} out")
         try:
             invite = self._build_invite(
@@ -900,7 +959,7 @@ class UserAgent:
         *,
         expires: int = 300,
         aor: str | SipUri | None = None,
-        proxy: Address | None = None,
+        proxy: Flow | tuple[str, int] | None = None,
     ) -> Registration:
         """Bind our contact to `aor` at `registrar` and keep it bound until `close()`.
 
@@ -914,7 +973,7 @@ class UserAgent:
             aor_uri = SipUri(target.scheme, self.user, target.host, target.port)
         else:
             aor_uri = aor if isinstance(aor, SipUri) else SipUri.parse(aor)
-        addr = proxy or await _resolve(target)
+        addr = await self._route(target, proxy)
         await self._stop_refresh()
         registration = Registration(target, aor_uri, addr, expires, call_id=new_call_id(self.host))
         self.registration = registration
@@ -930,7 +989,7 @@ class UserAgent:
         """Remove our binding (REGISTER with Expires: 0) and stop refreshing it."""
         await self._stop_refresh()
         registration = self.registration
-        if registration is None or not self.registered or self._transport is None:
+        if registration is None or not self.registered or not self._running:
             return
         self.registered = False
         with contextlib.suppress(CallFailed):
@@ -1029,6 +1088,30 @@ class UserAgent:
         headers.add("Content-Type", "application/sdp")
         return SipRequest("INVITE", target, headers, offer.to_bytes())
 
+    async def _route(self, target: SipUri, proxy: Flow | tuple[str, int] | None) -> Flow:
+        """Where a new request for `target` goes, checked against what we listen on."""
+        flow = as_flow(proxy) if proxy is not None else None
+        kind = flow.transport if flow is not None else transport_of(target)
+        if kind not in self.listen:
+            raise ValueError(
+                f"{target}: reaching it needs {kind.upper()}, and this user agent listens on "
+                f"{', '.join(self.listen)} only; add {kind!r} to listen="
+            )
+        return flow if flow is not None else await _resolve(target)
+
+    def _transport_failed(self, flow: Flow, reason: str) -> None:
+        """No connection to `flow`: what waits on it ends now with a 503 (RFC 3261 8.1.3.1)."""
+        for tx in list(self._client.values()):
+            if tx.addr != flow or tx.terminated:
+                continue
+            listener = self._listeners.get(id(tx))
+            self._drop(tx)
+            if listener is not None:
+                failure = make_response(
+                    tx.request, 503, f"Service Unavailable ({header_value(reason, 100)})"
+                )
+                listener(failure)
+
     def _from_uri(self, caller_id: str | None, what: str = "caller ID") -> SipUri:
         """The URI for an identity we present (From, P-Asserted-Identity, Diversion).
 
@@ -1080,14 +1163,18 @@ async def _guard(result: Awaitable[None], call: IncomingCall) -> None:
         await call.hangup()
 
 
-async def _resolve(uri: SipUri) -> Address:
-    host, port = uri.host_port()
+async def _resolve(uri: SipUri) -> Flow:
+    """The flow to a URI. A name is resolved for UDP; a stream keeps the name, which TLS must
+    check the server's certificate against (the connection resolves it when it opens)."""
+    flow = flow_for(uri)
+    if flow.transport != "udp":
+        return flow
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+    infos = await loop.getaddrinfo(flow.host, flow.port, type=2)  # SOCK_DGRAM
     if not infos:
-        raise CallFailed(None, f"cannot resolve {host}")
+        raise CallFailed(None, f"cannot resolve {flow.host}")
     address = infos[0][4]
-    return (str(address[0]), int(address[1]))
+    return Flow(str(address[0]), int(address[1]))
 
 
 def _stamp_received(request: SipRequest, addr: Address) -> SipRequest:
