@@ -16,7 +16,7 @@ import pytest
 from tests.unit.conftest import started_ua
 from tests.unit.sip_wire import Wire, new_branch, new_call_id, sdp
 from tests.unit.test_useragent import answer_sdp, media_closed, within
-from warmtransfer.sip.call import CallState, EndReason, IncomingCall, OutgoingCall
+from warmtransfer.sip.call import CallFailed, CallState, EndReason, IncomingCall, OutgoingCall
 from warmtransfer.sip.message import SipRequest, make_response
 from warmtransfer.sip.session_timer import SessionTimerConfig
 from warmtransfer.sip.useragent import UserAgent
@@ -80,6 +80,48 @@ async def test_our_invite_asks_for_a_session_timer(ua: UserAgent, wire: Wire) ->
     reply(wire, invite, 486)
     with pytest.raises(Exception, match="486"):
         await within(task)
+
+
+async def test_a_422_to_our_invite_is_retried_once_with_the_peers_min_se(
+    ua: UserAgent, wire: Wire
+) -> None:
+    task = asyncio.create_task(ua.call(wire.uri))
+    first = await wire.request_of("INVITE")
+    reply(wire, first, 422, ("Min-SE", "5"))
+    await wire.request_of("ACK", where=lambda r: r.vias[0].branch == first.vias[0].branch)
+    second = await wire.request_of("INVITE", where=lambda r: r.cseq[0] == 2)
+    assert (second.call_id, second.from_.tag) == (first.call_id, first.from_.tag)  # same call
+    assert second.vias[0].branch != first.vias[0].branch  # a new transaction
+    assert second.headers.get("Session-Expires") == "5"
+    assert second.headers.get("Min-SE") == "5"
+    reply(wire, second, 200, ("Session-Expires", "5;refresher=uas"), body=answer_sdp(wire))
+    call = await within(task)
+    assert call.is_up and call.session is not None and call.session.agreement.interval == 5
+    await hang_up(call, wire)
+
+
+@pytest.mark.parametrize("min_se", [None, "2"])  # none named, or no more than we asked for
+async def test_a_422_that_names_nothing_larger_ends_the_call_without_a_loop(
+    ua: UserAgent, wire: Wire, min_se: str | None
+) -> None:
+    task = asyncio.create_task(ua.call(wire.uri))
+    invite = await wire.request_of("INVITE")
+    reply(wire, invite, 422, *([("Min-SE", min_se)] if min_se else []))
+    with pytest.raises(CallFailed) as failed:
+        await within(task)
+    assert failed.value.status == 422
+    assert len(wire.requests("INVITE")) == 1
+
+
+async def test_a_second_422_is_final(ua: UserAgent, wire: Wire) -> None:
+    task = asyncio.create_task(ua.call(wire.uri))
+    reply(wire, await wire.request_of("INVITE"), 422, ("Min-SE", "5"))
+    second = await wire.request_of("INVITE", where=lambda r: r.cseq[0] == 2)
+    reply(wire, second, 422, ("Min-SE", "50"))
+    with pytest.raises(CallFailed) as failed:
+        await within(task)
+    assert failed.value.status == 422
+    assert len(wire.requests("INVITE")) == 2
 
 
 async def test_as_refresher_we_send_update_at_half_the_interval(ua: UserAgent, wire: Wire) -> None:

@@ -75,7 +75,14 @@ from warmtransfer.sip.message import (
 )
 from warmtransfer.sip.sanitize import display_name, header_name, header_value
 from warmtransfer.sip.sdp import build_offer
-from warmtransfer.sip.session_timer import SessionTimerConfig, TooSmall, negotiate_as_uas
+from warmtransfer.sip.session_timer import (
+    SessionTimerConfig,
+    TooSmall,
+    negotiate_as_uas,
+    request_headers,
+    retry_interval,
+    session_expires,
+)
 from warmtransfer.sip.transaction import (
     Action,
     ClientInviteTransaction,
@@ -588,6 +595,12 @@ class UserAgent:
             str(request.uri),
             counts=self._nonce_counts,
         )
+        return self._reissue(request, {answer_header: str(credentials)})
+
+    def _reissue(self, request: SipRequest, changes: Mapping[str, str]) -> SipRequest:
+        """The request again as a new transaction (new branch, CSeq + 1; same Call-ID and From
+        tag, so the same call or registration) with `changes` to its headers: how a 401/407
+        and a 422 are answered."""
         number = request.cseq[0] + 1
         headers = request.headers.copy()
         vias = headers.get_all("Via")
@@ -596,12 +609,26 @@ class UserAgent:
         for via in vias[1:]:
             headers.add("Via", via)
         headers.set("CSeq", f"{number} {request.method}")
-        headers.remove(answer_header)
-        headers.add(answer_header, str(credentials))
+        for name, value in changes.items():
+            headers.remove(name)
+            headers.add(name, value)
         call = self.calls.get(request.call_id)
         if call is not None and call.dialog is not None and call.dialog.local_cseq < number:
             call.dialog.local_cseq = number  # later in-dialog requests must count on from it
         return SipRequest(request.method, request.uri, headers, request.body)
+
+    def _session_timer_retry(self, invite: SipRequest, response: SipResponse) -> SipRequest | None:
+        """RFC 4028 6: a 422 to our INVITE names the Min-SE the peer needs; ask again with it,
+        once. None when there is nothing larger to ask for (asking again would only loop)."""
+        if self.session_timer is None:
+            return None
+        asked = session_expires(invite)
+        larger = retry_interval(response, asked.interval if asked else 0)
+        if larger is None:
+            return None
+        changes = dict(request_headers(self.session_timer, larger))
+        changes["Min-SE"] = str(larger)
+        return self._reissue(invite, changes)
 
     def respond(self, tx: Transaction, response: SipResponse) -> None:
         assert isinstance(tx, ServerInviteTransaction | ServerNonInviteTransaction)
@@ -910,14 +937,15 @@ class UserAgent:
                 if on_ringing is not None and response.status in (180, 183) and not was_ringing:
                     on_ringing(response.status)
             else:
-                if (
-                    response.status in _AUTH_HEADERS
-                    and not call.cancel_requested
-                    and call.state is not CallState.ENDED
-                ):
-                    # The transaction has ACKed the challenge; the call goes on as a new
-                    # INVITE transaction of the same call (same Call-ID and From tag).
-                    retry = self._authenticated_retry(call.invite, response, answered)
+                if not call.cancel_requested and call.state is not CallState.ENDED:
+                    # The transaction has ACKed the challenge or the 422; the call goes on
+                    # as a new INVITE transaction of the same call (same Call-ID, From tag).
+                    retry = None
+                    if response.status in _AUTH_HEADERS:
+                        retry = self._authenticated_retry(call.invite, response, answered)
+                    elif response.status == 422 and not answered.get(422):
+                        answered[422] = 1
+                        retry = self._session_timer_retry(call.invite, response)
                     if retry is not None:
                         call.invite = retry
                         call.provisional = None
