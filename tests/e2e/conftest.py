@@ -159,12 +159,16 @@ async def baresip_human(
 
 
 def sipp_caller(
-    workdir: Path, running: Running, bye_after_ms: int = 12000, **options: Any
+    workdir: Path,
+    running: Running,
+    bye_after_ms: int = 12000,
+    scenario: str = "uac_call",
+    **options: Any,
 ) -> AbstractAsyncContextManager[SippPeer]:
     """A sipp caller (uac_call.xml) that dials the engine and hangs up after `bye_after_ms`."""
     return SippPeer.uac(
         workdir,
-        "uac_call",
+        scenario,
         f"127.0.0.1:{running.engine.ua.port}",
         service="warmtransfer",
         port=free_port_pair(),

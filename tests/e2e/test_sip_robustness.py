@@ -7,6 +7,7 @@ Waits are on events, queues and sipp's exit, each with a deadline; never a sleep
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,39 @@ async def test_warm_transfer_completes_when_sipp_loses_ten_percent_of_sip(
         # is reported rather than asserted (a run without loss is still a valid transfer).
         lost = sum(peer.messages().count("lost (") for peer in (caller, human))
     print(f"sipp dropped {lost} SIP messages; engine retransmissions: {retransmitted(running)}")
+
+
+def copies(running: Running, start: bytes, cseq: bytes) -> int:
+    """How many times the engine sent its most repeated message that starts with `start` and
+    carries this CSeq (a retransmission is the same bytes again)."""
+    sent = Counter(
+        entry.data
+        for entry in running.engine.ua.trace
+        if entry.direction == "out" and entry.data.startswith(start) and cseq in entry.data
+    )
+    return max(sent.values(), default=0)
+
+
+async def test_retransmissions_carry_a_transfer_through_lost_first_copies(
+    running: Running, tmp_path: Path, need_sipp: None
+) -> None:
+    """Deterministic loss: the peers answer each first copy late (longer than Timers A, E and
+    the 2xx timer), which to a sender on UDP is what a lost message looks like."""
+    async with (
+        SippPeer.uas(tmp_path, "uas_late_replies", port=free_port_pair(), recv_timeout=20) as human,
+        sipp_caller(tmp_path, running, 9000, "uac_late_ack", recv_timeout=20) as caller,
+    ):
+        async with asyncio.timeout(30):
+            _, outcome = await answer_and_transfer(running, plan_for(human.uri))
+        assert isinstance(outcome, Completed), outcome
+        assert await caller.wait(timeout=40) == 0, caller.messages()
+        assert await human.wait(timeout=40) == 0, human.messages()
+    assert copies(running, b"INVITE sip:human@", b"CSeq: 1 INVITE") >= 2  # Timer A
+    assert copies(running, b"SIP/2.0 200 OK", b"CSeq: 1 INVITE") >= 2  # our 2xx, until ACK
+    assert copies(running, b"BYE sip:", b" BYE\r\n") >= 2  # Timer E, to the human
+    # However many copies arrived, there was one caller and one human leg: no duplicate call.
+    assert len(running.engine.dialer.legs) == 1
+    assert sum(1 for e in running.events if e.state.name == "HOLDING") == 1
 
 
 @dataclass
