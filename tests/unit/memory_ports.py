@@ -16,9 +16,13 @@ subscribed to a leg, a caller still on hold), so a test can prove that nothing i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
 
 from warmtransfer.consult.ports import Briefing, Consultant, ConsultLeg, Decision, LegGone, Verdict
 from warmtransfer.media.audio import AudioClip
@@ -172,6 +176,7 @@ class MemoryTargetLeg:
         self.on_key_request = on_key_request
         self.on_play = on_play
         self.played: list[AudioClip] = []
+        self.sinks: list[Callable[[NDArray[np.int16]], None]] = []
         self.plays_active = 0
         self.digits_sent: list[str] = []
         self.hangup_calls = 0
@@ -244,6 +249,20 @@ class MemoryTargetLeg:
             if self.hung_up:
                 raise LegGone("the target hung up")
             await self._changes.wait()
+
+    def say(self, samples: NDArray[np.int16], frame: int = 160) -> None:
+        """The human speaks: `samples` (8 kHz) reach whoever listens, in 20 ms frames."""
+        for start in range(0, len(samples), frame):
+            for sink in list(self.sinks):
+                sink(samples[start : start + frame])
+
+    @contextlib.contextmanager
+    def listening(self, sink: Callable[[NDArray[np.int16]], None]) -> Iterator[None]:
+        self.sinks.append(sink)
+        try:
+            yield
+        finally:
+            self.sinks.remove(sink)
 
     async def send_digits(self, digits: str) -> None:
         self._maybe_fail("send_digits")

@@ -479,10 +479,23 @@ async def test_options_outside_a_dialog_gets_200_with_allow(ua: UserAgent, wire:
     assert {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO"} <= allowed
 
 
-@pytest.mark.parametrize("method", ["FOOBAR", "NOTIFY", "BY", "E"])
+@pytest.mark.parametrize("method", ["FOOBAR", "SUBSCRIBE", "BY", "E"])
 async def test_an_unknown_method_gets_501(ua: UserAgent, wire: Wire, method: str) -> None:
     wire.send(wire.request(method, ua.address, call_id=new_call_id()), ua.address)
     await wire.response(501, method)
+
+
+async def test_a_notify_for_no_subscription_gets_481(ua: UserAgent, wire: Wire) -> None:
+    """RFC 6665 4.1.3: a NOTIFY that matches no subscription of ours is refused with 481."""
+    wire.send(wire.request("NOTIFY", ua.address, call_id=new_call_id()), ua.address)
+    await wire.response(481, "NOTIFY")
+
+
+async def test_a_refer_outside_a_dialog_is_not_allowed(ua: UserAgent, wire: Wire) -> None:
+    """We take REFER only inside a call (and only if the application says so): 405 here."""
+    wire.send(wire.request("REFER", ua.address, call_id=new_call_id()), ua.address)
+    response = await wire.response(405, "REFER")
+    assert "REFER" in {m.strip() for m in response.headers.get_all("Allow")}
 
 
 async def test_info_in_a_dialog_gets_200_and_a_lower_cseq_gets_500(

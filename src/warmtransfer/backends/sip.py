@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from warmtransfer.consult.ports import LegGone
+from warmtransfer.consult.ports import AudioSink, LegGone
 from warmtransfer.media.audio import AudioClip
 from warmtransfer.media.bridge import MediaBridge
 from warmtransfer.media.hold_music import hold_music
@@ -113,6 +114,9 @@ class _MediaLeg:
         self.keys_seen.append(press)
         return press.digit
 
+    def listening(self, sink: AudioSink) -> AbstractContextManager[None]:
+        return self.media.listening(sink)
+
 
 class SipCallerLeg(_MediaLeg):
     """The caller's call, as both the AI agent and the transfer use it."""
@@ -125,6 +129,7 @@ class SipCallerLeg(_MediaLeg):
         self.hold_playback: Playback | None = None
         self.hold_started_at: float | None = None
         self._last_hold: Playback | None = None
+        self._phone_held = False  # this hold asked the caller's phone too (HoldAudio.reinvite)
 
     # -- for the AI agent -------------------------------------------------------------------
 
@@ -158,6 +163,9 @@ class SipCallerLeg(_MediaLeg):
         self.media.clear_keys()
         loop = asyncio.get_running_loop()
         self.hold_started_at = loop.time()
+        if audio.reinvite and not self._phone_held:
+            self._phone_held = True
+            self._tell_phone(hold=True)
         if audio.silence:
             return
         clip = _hold_clip(str(audio.source) if audio.source else None)
@@ -175,6 +183,31 @@ class SipCallerLeg(_MediaLeg):
             self.hold_playback = None
         self.media.stop_playback()
         self.held = False
+        self.release_phone_hold()
+
+    def release_phone_hold(self) -> None:
+        """Take the caller's phone off hold if `hold` put it on hold (back to the AI, or joined
+        with the human: either way the caller must send audio again)."""
+        if self._phone_held:
+            self._phone_held = False
+            self._tell_phone(hold=False)
+
+    def _tell_phone(self, *, hold: bool) -> None:
+        """The re-INVITE runs in the background, owned by the user agent: the caller hears
+        music (or the AI) at once whatever a slow trunk does, and a refusal costs only the
+        phone's "on hold" display, so it is logged, never raised. The call's INVITE lock keeps
+        a hold and the resume that follows it in order."""
+
+        async def signal() -> None:
+            try:
+                await (self.call.hold() if hold else self.call.unhold())
+            except CallFailed as exc:
+                if self.hung_up:  # the caller left: nobody to tell, nothing went wrong
+                    return
+                what = "hold" if hold else "resume"
+                log.warning("call %s: %s re-INVITE failed: %s", self.call.call_id, what, exc)
+
+        self.call.ua.spawn(signal())
 
     async def play_message(self, text: str) -> None:
         """A fixed message from the transfer itself (e.g. before hanging up on failure)."""
@@ -287,6 +320,7 @@ class SipBridge:
         media.start()
         caller.bridged = True
         caller.held = False
+        caller.release_phone_hold()
         bridged = BridgedCall(
             caller, target, media, asyncio.get_running_loop().time(), asyncio.Event()
         )

@@ -6,11 +6,18 @@ and tested without the transfer driver, and so every backend's target leg can se
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from warmtransfer.media.audio import AudioClip
+
+AudioSink = Callable[[NDArray[np.int16]], None]
 
 
 class LegGone(Exception):
@@ -43,6 +50,12 @@ class ConsultLeg(Protocol):
 
     async def next_key(self) -> str:
         """The next DTMF digit the human presses; raise LegGone if the human hangs up."""
+        ...
+
+    def listening(self, sink: AudioSink) -> AbstractContextManager[None]:
+        """Inside the block, what the human says reaches `sink` as it arrives: 8 kHz 16-bit
+        PCM frames (20 ms on a phone leg), in order, with nothing of our own playback mixed in.
+        How speech answers, barge-in and answer detection hear the human."""
         ...
 
 

@@ -27,8 +27,9 @@ Transport, and its limits:
   a peer sending to port + 1 goes unheard; media are unaffected.
 - RTCP is sent to where the peer's RTCP comes from once some arrived (symmetric, as RTP), else
   to the peer's RTP port + 1; with `rtcp_mux` (the peer offered `a=rtcp-mux`, RFC 5761) it goes
-  to the RTP address from the RTP socket, and no second socket is bound. We do not offer
-  `a=rtcp-mux` ourselves, nor honour an `a=rtcp:` port (RFC 3605) the peer wrote.
+  to the RTP address from the RTP socket. Our offers carry `a=rtcp-mux` and the call turns it
+  on when the answer agrees (`sip/sdp.py`); the odd socket, bound before the answer came, stays
+  open and idle. We do not honour an `a=rtcp:` port (RFC 3605) the peer wrote.
 - RTCP arriving on the RTP socket is always taken (`is_rtcp` tells it apart), from the latched
   RTP source only once one is latched; on the RTCP socket, the first sender is latched.
 - One reporting source and one remote source (a phone call): no RTCP bandwidth sharing among

@@ -5,6 +5,16 @@ agent that only speaks G.711 and RFC 4733 events needs is small: origin, connect
 rtpmap/fmtp/ptime and the direction attributes. Everything else is kept (media attributes) or
 skipped (session-level extras), so odd peers do not break calls.
 
+RTP/RTCP multiplexing (RFC 5761): `a=rtcp-mux` is a media attribute like any other, read by
+`MediaDescription.rtcp_mux`. The calls we place offer it (`with_rtcp_mux`), an answer carries it
+only when the offer did, and `NegotiatedMedia.rtcp_mux` tells the call to send RTCP to the RTP
+port. Why offer it: a peer behind NAT or a firewall then needs one pinhole per call, not two,
+and an RTCP port that nobody opened is what makes carriers' reports go missing.
+
+Later offers in a call (RFC 3264 8): `build_reoffer` makes a hold or resume offer from our last
+SDP, and `next_version` keeps the o= line of the session with the version counted up only when
+the description changed, so a peer never sees a new session or an unchanged SDP as new.
+
 Errors are split the way the SIP layer answers them: `SdpError` for SDP that cannot be read (a
 broken v=, o=, c= or m= line) and `SdpNegotiationError` for SDP that is fine but has nothing we
 can use (no audio, no common codec): the caller answers 488 Not Acceptable Here to that.
@@ -20,7 +30,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "DIRECTIONS",
@@ -36,7 +46,10 @@ __all__ = [
     "SessionDescription",
     "build_answer",
     "build_offer",
+    "build_reoffer",
+    "next_version",
     "parse_answer",
+    "with_rtcp_mux",
 ]
 
 
@@ -91,12 +104,7 @@ STATIC_PAYLOAD_TYPES: dict[int, Codec] = {
 }
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-_ANSWER_DIRECTION = {
-    "sendrecv": "sendrecv",
-    "sendonly": "recvonly",
-    "recvonly": "sendonly",
-    "inactive": "inactive",
-}
+RTCP_MUX = "rtcp-mux"
 
 _NUMBER_RE = re.compile(r"[0-9]{1,20}")
 _PORT_RE = re.compile(r"([0-9]{1,5})(?:/[0-9]{1,5})?")
@@ -135,6 +143,11 @@ class MediaDescription:
     @property
     def telephone_event(self) -> Codec | None:
         return next((codec for codec in self.codecs if codec.is_telephone_event), None)
+
+    @property
+    def rtcp_mux(self) -> bool:
+        """`a=rtcp-mux` (RFC 5761): RTCP on the RTP port."""
+        return any(name.lower() == RTCP_MUX for name, _ in self.attributes)
 
 
 @dataclass(frozen=True)
@@ -386,8 +399,10 @@ def build_offer(
     version: int = 1,
     direction: str = "sendrecv",
     ptime: int = 20,
+    rtcp_mux: bool = False,
 ) -> SessionDescription:
-    """An offer for one audio stream: `codecs` in preference order, then telephone-event."""
+    """An offer for one audio stream: `codecs` in preference order, then telephone-event;
+    `rtcp_mux` adds `a=rtcp-mux` (RFC 5761)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r} is not one of {DIRECTIONS}")
     if not codecs:
@@ -404,6 +419,7 @@ def build_offer(
         codecs=tuple(offered),
         direction=direction,
         ptime=ptime,
+        attributes=((RTCP_MUX, None),) if rtcp_mux else (),
     )
     return SessionDescription(
         origin_user="-",
@@ -426,6 +442,7 @@ class NegotiatedMedia:
     dtmf_payload_type: int | None
     local_direction: str
     remote_direction: str
+    rtcp_mux: bool = False  # both sides said a=rtcp-mux: RTCP goes to the RTP port (RFC 5761)
 
     @property
     def on_hold(self) -> bool:
@@ -485,12 +502,17 @@ def build_answer(
     supported: Sequence[Codec] = (PCMU, PCMA),
     session_id: int | None = None,
     version: int = 1,
+    direction: str = "sendrecv",
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer an offer (RFC 3264 6): accept the first audio stream we can serve, reject the rest.
 
     The codec is the first in the offer's order that we support, under the offer's payload type;
-    telephone-event is accepted under the offer's payload type when offered.
+    telephone-event is accepted under the offer's payload type when offered. `direction` is
+    what we want (sendonly while we hold the peer): the answer's direction allows only what both
+    the offer and we allow. `a=rtcp-mux` is answered when, and only when, it was offered.
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r} is not one of {DIRECTIONS}")
     audio = [m for m in offer.media if m.media == "audio"]
     if not audio:
         kinds = ", ".join(m.media for m in offer.media) or "none"
@@ -513,15 +535,17 @@ def build_answer(
     offered_media, codec = chosen
     dtmf = _pick_dtmf(offered_media, codec)
     answer_codecs = (codec, dtmf) if dtmf is not None else (codec,)
-    direction = _ANSWER_DIRECTION[offered_media.direction]
+    answer_direction = _combine(direction, offered_media.direction)
+    rtcp_mux = offered_media.rtcp_mux
     accepted = MediaDescription(
         media="audio",
         port=port,
         proto=offered_media.proto,
         formats=tuple(c.payload_type for c in answer_codecs),
         codecs=answer_codecs,
-        direction=direction,
+        direction=answer_direction,
         ptime=20,
+        attributes=((RTCP_MUX, None),) if rtcp_mux else (),
     )
     answer = SessionDescription(
         origin_user="-",
@@ -537,14 +561,15 @@ def build_answer(
         remote_port=offered_media.port,
         codec=codec,
         dtmf_payload_type=dtmf.payload_type if dtmf is not None else None,
-        local_direction=direction,
+        local_direction=answer_direction,
         remote_direction=offered_media.direction,
+        rtcp_mux=rtcp_mux,
     )
     return answer, negotiated
 
 
 def _combine(ours: str, theirs: str) -> str:
-    """Our effective direction given what we offered and what the answer says of the peer."""
+    """Our effective direction given what we want (or offered) and what the peer said."""
     send = ours in ("sendrecv", "sendonly") and theirs in ("sendrecv", "recvonly")
     receive = ours in ("sendrecv", "recvonly") and theirs in ("sendrecv", "sendonly")
     return {(True, True): "sendrecv", (True, False): "sendonly", (False, True): "recvonly"}.get(
@@ -590,4 +615,67 @@ def parse_answer(offer: SessionDescription, answer: SessionDescription) -> Negot
         dtmf_payload_type=dtmf.payload_type if dtmf is not None else None,
         local_direction=_combine(ours.direction, theirs.direction),
         remote_direction=theirs.direction,
+        rtcp_mux=ours.rtcp_mux and theirs.rtcp_mux,
     )
+
+
+def with_rtcp_mux(description: SessionDescription) -> SessionDescription:
+    """`description` with `a=rtcp-mux` on its active audio stream (unchanged if it has it)."""
+    audio = description.audio
+    if audio is None or audio.rtcp_mux:
+        return description
+    muxed = replace(audio, attributes=(*audio.attributes, (RTCP_MUX, None)))
+    return replace(description, media=tuple(muxed if m is audio else m for m in description.media))
+
+
+def build_reoffer(
+    previous: SessionDescription, negotiated: NegotiatedMedia, *, direction: str
+) -> SessionDescription:
+    """A new offer in a call that is up (a hold or a resume), from our last SDP `previous`.
+
+    The audio stream keeps its port, connection and attributes (`a=rtcp-mux` must stay once
+    agreed, RFC 5761 5.1.3) but lists only the codec and telephone-event already agreed: the
+    peer then cannot switch codec in its answer, which would break payload forwarding in a
+    bridge. Other m-lines are kept as they were (RFC 3264 8: never fewer m-lines). The o= line
+    is `previous`'s; pass the result through `next_version`.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r} is not one of {DIRECTIONS}")
+    audio = previous.audio
+    if audio is None:
+        raise SdpNegotiationError("our last SDP has no active audio stream to re-offer")
+    codec = negotiated.codec
+    codecs = [codec]
+    dtmf = negotiated.dtmf_payload_type
+    if dtmf is not None and dtmf != codec.payload_type:
+        known = next((c for c in audio.codecs if c.payload_type == dtmf), None)
+        fmtp = known.fmtp if known is not None and known.is_telephone_event else "0-16"
+        codecs.append(Codec(dtmf, "telephone-event", codec.clock_rate, fmtp=fmtp))
+    offered = replace(
+        audio,
+        formats=tuple(c.payload_type for c in codecs),
+        codecs=tuple(codecs),
+        direction=direction,
+        ptime=audio.ptime or 20,
+    )
+    return replace(
+        previous,
+        direction=None,
+        media=tuple(offered if m is audio else m for m in previous.media),
+    )
+
+
+def next_version(previous: SessionDescription, new: SessionDescription) -> SessionDescription:
+    """`new` as the next SDP of the session `previous` began (RFC 3264 8): the o= line of
+    `previous`, with the version one higher if anything else differs, else unchanged (an
+    unchanged version promises an identical SDP)."""
+    same = replace(
+        new,
+        origin_user=previous.origin_user,
+        session_id=previous.session_id,
+        session_version=previous.session_version,
+        origin_address=previous.origin_address,
+    )
+    if same.to_bytes() == previous.to_bytes():
+        return same
+    return replace(same, session_version=previous.session_version + 1)

@@ -708,8 +708,8 @@ class UserAgent:
             return
         if method == "INVITE" and 200 <= response.status < 300:
             call = self.calls.get(response.call_id)
-            if isinstance(call, OutgoingCall):
-                call.on_ok_retransmission()
+            if call is not None:  # our INVITE or re-INVITE, either direction of call
+                call.on_ok_retransmission(response)
 
     def _on_request(self, request: SipRequest, addr: Address) -> None:
         request = _stamp_received(request, addr)
@@ -794,7 +794,7 @@ class UserAgent:
                 request, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")]
             )
         if call is None or request.to.tag is None:
-            if method in ("BYE", "INFO", "UPDATE", "OPTIONS"):
+            if method in ("BYE", "INFO", "UPDATE", "OPTIONS", "NOTIFY"):
                 return make_response(request, 481)
             return make_response(
                 request, 405 if method in _ALLOWED else 501, extra=[("Allow", ALLOW)]

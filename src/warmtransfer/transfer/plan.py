@@ -54,13 +54,24 @@ _NEVER_RETRIED = frozenset({Reason.DECLINED, Reason.VOICEMAIL})
 
 
 class HoldAudio(BaseModel):
-    """What the caller hears while held: the built-in music, a WAV file, or silence."""
+    """What the caller hears while held: the built-in music, a WAV file, or silence; and
+    whether the caller's side is told that it is held.
+
+    `reinvite`: signal the hold to the caller's phone, PBX or carrier (on SIP, a re-INVITE
+    with ``a=sendonly``, and ``a=sendrecv`` again when the caller is given back or joined).
+    Some PBXs and carriers show "on hold" or stop their own timers only when told. Off by
+    default because some trunks mishandle it (a refused or lost re-INVITE, one-way audio after
+    the resume); the music plays either way, and a refusal never stops the transfer.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: Path | None = Field(default=None, description="WAV file; None = built-in music")
     silence: bool = Field(default=False, description="hold in silence instead of music")
     volume: float = Field(default=0.8, ge=0.0, le=1.0)
+    reinvite: bool = Field(
+        default=False, description="tell the caller's phone or trunk it is held (re-INVITE)"
+    )
 
     @field_validator("source")
     @classmethod
