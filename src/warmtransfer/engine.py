@@ -18,6 +18,8 @@ from warmtransfer.media.hold_music import hold_music
 from warmtransfer.sip.call import Call, IncomingCall
 from warmtransfer.sip.transports import TlsConfig
 from warmtransfer.sip.useragent import UserAgent
+from warmtransfer.speech.answering import MACHINE_PHRASES, AnswerDetector
+from warmtransfer.speech.stt import DEFAULT_PHRASES, KeywordSpotter
 from warmtransfer.speech.tts import PiperTTS, TextToSpeech
 from warmtransfer.transfer.driver import WarmTransfer
 from warmtransfer.transfer.events import TransferEvent
@@ -38,17 +40,37 @@ class Engine:
         consultant: Consultant | None = None,
         listen: Sequence[str] = ("udp",),
         tls: TlsConfig | None = None,
+        spoken_answers: bool = True,
+        answer_detection: bool = True,
+        voicemail_message: str | None = None,
     ) -> None:
         """`listen` and `tls`: the SIP transports, as for `UserAgent` (UDP and TCP share
-        `port`; TLS listens on `tls.port`)."""
+        `port`; TLS listens on `tls.port`).
+
+        For the default (scripted) consultant: `spoken_answers` lets the human say yes, no or
+        repeat as well as press keys; `answer_detection` recognises voicemail and phone trees
+        (never bridged); `voicemail_message` is left on a voicemail after its beep. Both
+        listen with one offline keyword spotter (pocketsphinx, ~27 MB per call being
+        consulted, loaded in `start`)."""
         self.clock = PacingClock()
         self.ua = UserAgent(
             host, port, user=user, clock=self.clock, name="engine", listen=listen, tls=tls
         )
         self.tts: TextToSpeech = tts if tts is not None else PiperTTS()
-        self.consultant: Consultant = (
-            consultant if consultant is not None else ScriptedConsultant(self.tts)
-        )
+        self.spotter: KeywordSpotter | None = None
+        if consultant is None:
+            phrases = {
+                **(DEFAULT_PHRASES if spoken_answers else {}),
+                **(MACHINE_PHRASES if answer_detection else {}),
+            }
+            self.spotter = KeywordSpotter(phrases) if phrases else None
+            consultant = ScriptedConsultant(
+                self.tts,
+                spotter=self.spotter,
+                answer_detector=AnswerDetector(self.spotter) if answer_detection else None,
+                voicemail_message=voicemail_message,
+            )
+        self.consultant: Consultant = consultant
         self.dialer = SipDialer(self.ua)
         self.bridge = SipBridge(self.spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -69,6 +91,8 @@ class Engine:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.ua.close()
+        if self.spotter is not None:
+            self.spotter.close()
 
     async def __aenter__(self) -> Engine:
         return await self.start()

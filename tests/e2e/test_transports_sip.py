@@ -45,6 +45,8 @@ def certs(tmp_path: Path, ca: trustme.CA) -> dict[str, Path]:
 @pytest.fixture
 def engine_options(certs: dict[str, Path]) -> dict[str, Any]:
     return {
+        "spoken_answers": False,
+        "answer_detection": False,
         "listen": ("udp", "tcp", "tls"),
         "tls": TlsConfig(certfile=certs["engine"], cafile=certs["ca"]),
     }

@@ -109,6 +109,8 @@ class ScriptedConsultant:
         await self.tts.synthesize(self.caller_left)
         if self.voicemail_message:
             await self.tts.synthesize(self.voicemail_message)
+        if self.spotter is not None:
+            await self.spotter.warm_up()  # a decoder ready for the first call
 
     async def notify_caller_left(self, leg: ConsultLeg) -> None:
         """Tell the human the caller is gone: fixed text, never the briefing again.
@@ -189,7 +191,7 @@ class ScriptedConsultant:
         self, leg: ConsultLeg, verdict: AnswerVerdict, heard: asyncio.Queue[_Heard]
     ) -> Decision:
         """A machine answered: leave the message on a voicemail if asked, then report it."""
-        via = f"answer detection: {verdict.why}"
+        via = f"answer detection: {verdict.kind}, {verdict.why}"
         if verdict.kind is AnswerKind.VOICEMAIL and self.voicemail_message:
             message = await self.tts.synthesize(self.voicemail_message)
             with contextlib.suppress(TimeoutError):
