@@ -20,12 +20,14 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from warmtransfer.consult.ports import Briefing, Consultant, ConsultLeg, Decision, LegGone, Verdict
-from warmtransfer.media.audio import AudioClip
+from warmtransfer.media.audio import PHONE_RATE, AudioClip
+from warmtransfer.media.wav import write_wav
 from warmtransfer.transfer.plan import HoldAudio
 from warmtransfer.transfer.ports import Bridge, CallerLeg, Dialer, TargetLeg
 from warmtransfer.transfer.target import Target
@@ -59,8 +61,35 @@ async def _forever() -> None:
     await asyncio.Event().wait()
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """One `announce` call: its text, the loop time, and whether the caller was held then (not
+    unheld, bridged or gone): a prompt for a caller who is not is the bug to catch."""
+
+    text: str
+    at: float
+    holding: bool
+
+
+@dataclass(frozen=True)
+class RecordCall:
+    """One `record_message` call, with its arguments."""
+
+    path: Path
+    prompt: str
+    max_seconds: float
+    stop_key: str
+    silence_seconds: float
+
+
 class MemoryCaller:
-    """The caller's leg. `hang_up()` is the caller hanging up."""
+    """The caller's leg. `hang_up()` is the caller hanging up; `press(key)` a key they press
+    (read by `next_key`); `say(samples)` what they say (heard only by a recording).
+
+    `announce_gate` holds each progress prompt until opened (a prompt being spoken);
+    `record_gate` holds `record_message` in its prompt, before the tone. A message ends as on
+    a phone: the stop key, `silence_seconds` without `say`, `max_seconds`, or a hang-up; the
+    WAV it writes holds what was said (8 kHz)."""
 
     def __init__(
         self,
@@ -73,6 +102,10 @@ class MemoryCaller:
         message_gate: asyncio.Event | None = None,
         message_error: Exception | None = None,
         hangup_error: Exception | None = None,
+        announce_gate: asyncio.Event | None = None,
+        announce_error: Exception | None = None,
+        record_gate: asyncio.Event | None = None,
+        record_error: Exception | None = None,
     ) -> None:
         self.hold_gate = hold_gate
         self.unhold_gate = unhold_gate
@@ -82,6 +115,23 @@ class MemoryCaller:
         self.message_gate = message_gate
         self.message_error = message_error
         self.hangup_error = hangup_error
+        self.announce_gate = announce_gate
+        self.announce_error = announce_error
+        self.record_gate = record_gate
+        self.record_error = record_error
+        self.prompts: list[Prompt] = []
+        self.prompts_cancelled = 0
+        self.announcing = False
+        self.record_calls: list[RecordCall] = []
+        self.recording = False
+        self.recording_started = asyncio.Event()
+        self.message_ended_by: str | None = None  # "key", "silence", "max", "hang-up"
+        self.keys_read: list[str] = []
+        self.keys_discarded: list[str] = []
+        self._keys: deque[str] = deque()
+        self._changes = _Changes()
+        self._said: list[NDArray[np.int16]] = []
+        self._last_said = 0.0
         self.hold_calls: list[HoldAudio] = []
         self.unhold_calls = 0
         self.messages: list[str] = []
@@ -99,6 +149,7 @@ class MemoryCaller:
         self.hold_started.set()
         if self.hold_error is not None:
             raise self.hold_error
+        self._discard_keys()  # keys pressed for the AI are not the transfer's
         self.held = True  # the music starts at once; hold() returns once it is "playing"
         if self.hold_gate is not None:
             await self.hold_gate.wait()
@@ -106,15 +157,18 @@ class MemoryCaller:
     async def unhold(self) -> None:
         self.unhold_calls += 1
         self.unhold_started.set()
+        self.announcing = False  # a prompt is hold audio: it stops with the music
         if self.unhold_gate is not None:
             await self.unhold_gate.wait()
         if self.unhold_error is not None:
             raise self.unhold_error
+        self._discard_keys()  # keys pressed on hold never reach the AI
         self.held = False
 
     async def play_message(self, text: str) -> None:
         self.messages.append(text)
         self.held = False  # the message replaces the hold music
+        self.announcing = False
         self.message_started.set()
         if self.message_gate is not None:
             await self.message_gate.wait()
@@ -129,6 +183,7 @@ class MemoryCaller:
             self._hung_up_by_us = True
         self.held = False
         self._gone.set()
+        self._changes.notify()
 
     async def wait_hangup(self) -> None:
         if self.wait_hangup_error is not None:
@@ -147,6 +202,124 @@ class MemoryCaller:
     def hang_up(self) -> None:
         """The caller hangs up."""
         self._gone.set()
+        self._changes.notify()
+
+    def press(self, key: str) -> None:
+        """The caller presses a key."""
+        self._keys.append(key)
+        self._changes.notify()
+
+    def say(self, samples: NDArray[np.int16]) -> None:
+        """The caller speaks: only a recording hears it (the AI never hears a held caller)."""
+        if self.recording:
+            self._said.append(samples.copy())
+            self._last_said = asyncio.get_running_loop().time()
+            self._changes.notify()
+
+    @property
+    def waiters(self) -> int:
+        """Coroutines still waiting on the caller's keys or recording: each would be a leak."""
+        return self._changes.waiting
+
+    @property
+    def prompt_playing(self) -> bool:
+        """A progress prompt still going to a caller who is held: a leaked prompt."""
+        return self.announcing and self.held and not self.hung_up
+
+    def _discard_keys(self) -> None:
+        self.keys_discarded.extend(self._keys)
+        self._keys.clear()
+
+    async def next_key(self) -> str:
+        while True:
+            if self._keys:
+                key = self._keys.popleft()
+                self.keys_read.append(key)
+                self._changes.notify()
+                return key
+            if self.hung_up:
+                raise LegGone("the caller hung up")
+            await self._changes.wait()
+
+    async def announce(self, text: str) -> None:
+        holding = self.held and self.bridged_to is None and not self.hung_up
+        self.prompts.append(Prompt(text, asyncio.get_running_loop().time(), holding))
+        self._changes.notify()
+        if not holding:
+            return
+        if self.announce_error is not None:
+            raise self.announce_error
+        self.announcing = True
+        try:
+            if self.announce_gate is not None:
+                await self.announce_gate.wait()
+        except asyncio.CancelledError:
+            self.prompts_cancelled += 1
+            raise
+        finally:
+            self.announcing = False
+
+    async def wait_prompts(self, count: int) -> None:
+        """Until `count` progress prompts have started."""
+        while len(self.prompts) < count:
+            await self._changes.wait()
+
+    async def wait_keys_read(self, count: int) -> None:
+        """Until the transfer has read `count` of the caller's keys."""
+        while len(self.keys_read) < count:
+            await self._changes.wait()
+
+    async def record_message(
+        self,
+        path: Path,
+        *,
+        prompt: str,
+        max_seconds: float,
+        stop_key: str,
+        silence_seconds: float,
+    ) -> Path | None:
+        self.record_calls.append(RecordCall(path, prompt, max_seconds, stop_key, silence_seconds))
+        self.announcing = False  # the prompt and the recording replace the hold audio
+        if self.record_error is not None:
+            raise self.record_error
+        if self.record_gate is not None and not self.hung_up:
+            await self.record_gate.wait()  # the prompt, before the tone
+        if self.hung_up:
+            return None
+        self._discard_keys()  # keys pressed during the prompt do not end the message
+        loop = asyncio.get_running_loop()
+        self._said, self._last_said = [], loop.time()
+        self.message_ended_by = None
+        deadline = loop.time() + max_seconds
+        self.recording = True
+        self.recording_started.set()
+        try:
+            while True:
+                while self._keys:
+                    if self._keys.popleft() == stop_key:
+                        self.message_ended_by = "key"
+                if self.message_ended_by is not None:
+                    break
+                if self.hung_up:
+                    self.message_ended_by = "hang-up"
+                    break
+                now = loop.time()
+                if now >= deadline:
+                    self.message_ended_by = "max"
+                    break
+                if now >= self._last_said + silence_seconds:
+                    self.message_ended_by = "silence"
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(
+                        min(deadline, self._last_said + silence_seconds) - now
+                    ):
+                        await self._changes.wait()
+        finally:
+            self.recording = False
+        samples = np.concatenate(self._said) if self._said else np.zeros(0, dtype=np.int16)
+        write_wav(path, samples, PHONE_RATE)
+        return path
 
     @property
     def with_ai(self) -> bool:
@@ -177,6 +350,7 @@ class MemoryTargetLeg:
         self.on_play = on_play
         self.played: list[AudioClip] = []
         self.sinks: list[Callable[[NDArray[np.int16]], None]] = []
+        self.listened = asyncio.Event()  # someone subscribed to the human's audio
         self.plays_active = 0
         self.digits_sent: list[str] = []
         self.hangup_calls = 0
@@ -259,6 +433,7 @@ class MemoryTargetLeg:
     @contextlib.contextmanager
     def listening(self, sink: Callable[[NDArray[np.int16]], None]) -> Iterator[None]:
         self.sinks.append(sink)
+        self.listened.set()
         try:
             yield
         finally:

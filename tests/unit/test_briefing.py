@@ -576,3 +576,16 @@ def test_record_of_a_hand_made_briefing() -> None:
 def test_a_naive_timestamp_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         HandoffRecord(created_at=datetime(2025, 3, 14, 9, 30))
+
+
+def test_quote_caller_zero_keeps_the_callers_words_out_of_the_whisper() -> None:
+    transcript = [
+        Turn("agent", "How can I help?"),
+        Turn("caller", "i took it reopened i was charged wide for my martin and wood"),
+    ]
+    facts = {"name": "Maria Lopez", "account": "4471", "intent": "a double charge"}
+    whisper = ExtractiveSummarizer(quote_caller=0).compose(transcript, facts)
+    assert whisper == "Maria Lopez is calling about a double charge. Account 4471."
+    assert "martin" in ExtractiveSummarizer().compose(transcript, facts)  # the default quotes
+    with pytest.raises(ValueError, match="quote_caller"):
+        ExtractiveSummarizer(quote_caller=-1)

@@ -12,22 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from warmtransfer.consult.ports import AudioSink, LegGone
-from warmtransfer.media.audio import AudioClip
+from warmtransfer.media.audio import PHONE_RATE, AudioClip
 from warmtransfer.media.bridge import MediaBridge
 from warmtransfer.media.hold_music import hold_music
-from warmtransfer.media.player import Playback
+from warmtransfer.media.levels import rms_dbfs
+from warmtransfer.media.player import FRAME, Playback
 from warmtransfer.media.session import KeyPress, RtpSession
-from warmtransfer.media.wav import read_wav
+from warmtransfer.media.wav import read_wav, write_wav
 from warmtransfer.sip.call import Call, CallFailed, OutgoingCall
 from warmtransfer.sip.useragent import UserAgent
 from warmtransfer.speech.tts import TextToSpeech
@@ -59,6 +62,34 @@ def reason_for_status(status: int | None, *, ring_timeout: bool = False) -> Reas
 @lru_cache(maxsize=8)
 def _hold_clip(source: str | None) -> AudioClip:
     return hold_music() if source is None else read_wav(source)
+
+
+#: What counts as sound in a caller's message (about the level of quiet speech on a phone line;
+#: the same threshold as `levels.active_spans`): below it, the caller is silent.
+_SOUND_DBFS = -45.0
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` readable by this user only, in a directory created likewise if new: a
+    caller's voice is personal data, and the default place for messages is in the system's
+    shared temporary directory."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+
+
+@lru_cache(maxsize=1)
+def _tone() -> AudioClip:
+    """The "record after the tone" beep: 1 kHz for 0.4 s at -12 dBFS, with 10 ms ramps so it
+    does not click."""
+    seconds, ramp = 0.4, 80
+    t = np.arange(int(seconds * PHONE_RATE)) / PHONE_RATE
+    wave = 0.25 * np.sin(2 * np.pi * 1000.0 * t)
+    envelope = np.ones_like(wave)
+    envelope[:ramp] = np.linspace(0.0, 1.0, ramp)
+    envelope[-ramp:] = np.linspace(1.0, 0.0, ramp)
+    samples = np.round(wave * envelope * 32767).astype(np.int16)
+    samples.setflags(write=False)
+    return AudioClip(samples, PHONE_RATE)
 
 
 async def _until_ended(
@@ -130,6 +161,13 @@ class SipCallerLeg(_MediaLeg):
         self.hold_started_at: float | None = None
         self._last_hold: Playback | None = None
         self._phone_held = False  # this hold asked the caller's phone too (HoldAudio.reinvite)
+        self._music: AudioClip | None = None  # the hold music loop (None: a silent hold)
+        self._music_volume = 1.0
+        self._music_from = 0  # where in the loop the current music playback began (samples)
+        self._music_since = 0.0  # loop time it began
+        self.prompts: list[Playback] = []  # the progress prompts played (for timelines)
+        self.message_started = asyncio.Event()  # the caller's message is being recorded
+        self.message_started_at: float | None = None  # loop time, just after the tone
 
     # -- for the AI agent -------------------------------------------------------------------
 
@@ -166,11 +204,42 @@ class SipCallerLeg(_MediaLeg):
         if audio.reinvite and not self._phone_held:
             self._phone_held = True
             self._tell_phone(hold=True)
+        self._music = None
         if audio.silence:
             return
-        clip = _hold_clip(str(audio.source) if audio.source else None)
-        self.hold_playback = await self._play(clip, loop=True, volume=audio.volume)
+        self._music = _hold_clip(str(audio.source) if audio.source else None)
+        self._music_volume = audio.volume
+        if self.hung_up:
+            raise LegGone(f"call {self.call.call_id} has ended")
+        self._start_music(0)
         self._last_hold = self.hold_playback
+
+    @property
+    def _holding(self) -> bool:
+        return self.held and not self.bridged and not self.hung_up
+
+    def _start_music(self, position: int) -> None:
+        """Loop the hold music from `position` (samples into the clip): a progress prompt
+        pauses it, and it resumes where it paused, so a caller hears the whole loop even when
+        prompts come more often than it repeats."""
+        assert self._music is not None
+        clip = self._music
+        if position:
+            clip = AudioClip(np.roll(clip.samples, -position), clip.rate)
+        self.hold_playback = self.media.play(clip, loop=True, volume=self._music_volume)
+        self._music_from = position
+        self._music_since = asyncio.get_running_loop().time()
+
+    def _pause_music(self) -> int | None:
+        """Stop the hold music; return where it was (samples into the clip), None if there is
+        no music (a silent hold). The player sends one frame at once, then one per tick."""
+        playback, self.hold_playback = self.hold_playback, None
+        if self._music is None or playback is None:
+            return None
+        playback.stop()
+        started = playback.first_sent_at or self._music_since
+        frames = 1 + int((asyncio.get_running_loop().time() - started) / 0.020)
+        return (self._music_from + frames * FRAME) % max(1, len(self._music.samples))
 
     @property
     def hold_playback_first_sent(self) -> float | None:
@@ -178,10 +247,11 @@ class SipCallerLeg(_MediaLeg):
         return self._last_hold.first_sent_at if self._last_hold is not None else None
 
     async def unhold(self) -> None:
-        if self.hold_playback is not None:
+        if self.hold_playback is not None:  # the music, or a progress prompt
             self.hold_playback.stop()
             self.hold_playback = None
         self.media.stop_playback()
+        self.media.clear_keys()  # keys pressed on hold are the transfer's, never the AI's
         self.held = False
         self.release_phone_hold()
 
@@ -219,6 +289,107 @@ class SipCallerLeg(_MediaLeg):
         clip = await self.tts.synthesize(text)
         with contextlib.suppress(LegGone):  # the caller hung up meanwhile: nobody to tell
             await self.play(clip)
+
+    async def announce(self, text: str) -> None:
+        """A progress prompt: the music pauses, `text` is spoken (the TTS caches the clip), the
+        music resumes where it paused. While it plays the prompt is the hold audio
+        (`hold_playback`), so unhold and the bridge stop it as they stop the music."""
+        if not self._holding:
+            return
+        if self.tts is None:
+            raise RuntimeError("this caller leg has no text-to-speech to speak a prompt with")
+        clip = await self.tts.synthesize(text)
+        if not self._holding:
+            return  # given back, joined or gone while the prompt was rendered
+        position = self._pause_music()
+        prompt = self.media.play(clip)
+        self.hold_playback = prompt
+        self.prompts.append(prompt)
+        try:
+            await _until_ended(self.call, asyncio.shield(prompt.done))
+        except LegGone:
+            pass
+        finally:
+            if self.hold_playback is prompt:  # nothing took over the hold audio meanwhile
+                prompt.stop()
+                self.hold_playback = None
+                if self._holding and position is not None:
+                    self._start_music(position)
+
+    async def record_message(
+        self,
+        path: Path,
+        *,
+        prompt: str,
+        max_seconds: float,
+        stop_key: str,
+        silence_seconds: float,
+    ) -> Path | None:
+        """The caller's message, from their audio as it arrives (a tap on the media: the AI's
+        gate stays closed, and what we send, such as the tone, is not in it)."""
+        if self.hung_up:
+            return None
+        if self.tts is None:
+            raise RuntimeError("this caller leg has no text-to-speech to speak a prompt with")
+        if self.hold_playback is not None:
+            self.hold_playback.stop()
+            self.hold_playback = None
+        self.media.stop_playback()
+        try:
+            await self.play(await self.tts.synthesize(prompt))
+            await self.play(_tone())
+        except LegGone:
+            return None
+        self.media.clear_keys()  # a key pressed during the prompt does not end the message
+        loop = asyncio.get_running_loop()
+        frames: list[NDArray[np.int16]] = []
+        last_sound = self.message_started_at = loop.time()
+        self.message_started.set()
+
+        def sink(frame: NDArray[np.int16]) -> None:
+            nonlocal last_sound
+            frames.append(frame.copy())
+            if rms_dbfs(frame) >= _SOUND_DBFS:
+                last_sound = loop.time()
+
+        async def stop_key_pressed() -> None:
+            while await self.next_key() != stop_key:
+                pass
+
+        # Silence is measured in time, not frames, so that a phone which stops sending RTP when
+        # quiet counts as silent; the timer re-arms itself until the quiet has lasted.
+        silent = asyncio.Event()
+        timer: asyncio.TimerHandle
+
+        def check_silence() -> None:
+            nonlocal timer
+            left = last_sound + silence_seconds - loop.time()
+            if left <= 0:
+                silent.set()
+            else:
+                timer = loop.call_later(left, check_silence)
+
+        timer = loop.call_later(silence_seconds, check_silence)
+        with self.media.listening(sink):
+            ends = [
+                asyncio.ensure_future(stop_key_pressed()),
+                asyncio.ensure_future(silent.wait()),
+                asyncio.ensure_future(self.call.ended.wait()),
+            ]
+            try:
+                await asyncio.wait(ends, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+                for end in ends:
+                    end.cancel()
+                await asyncio.wait(ends)
+                for end in ends:  # LegGone from next_key on a hang-up: the hang-up ends it
+                    if not end.cancelled():
+                        end.exception()
+        samples = np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
+        _private_file(path)
+        write_wav(path, samples, PHONE_RATE)
+        return path
 
     async def hangup(self) -> None:
         await self.call.hangup()

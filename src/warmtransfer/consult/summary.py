@@ -435,10 +435,16 @@ class ExtractiveSummarizer:
        so the whisper lasts at most about fifteen seconds. Same input, same whisper.
     """
 
-    def __init__(self, max_words: int = DEFAULT_MAX_WORDS) -> None:
+    def __init__(self, max_words: int = DEFAULT_MAX_WORDS, *, quote_caller: int = 2) -> None:
+        """`quote_caller`: how many of the caller's own sentences may follow the facts (step 4).
+        0 when the transcript comes from a recogniser too weak to quote (pocketsphinx on 8 kHz
+        phone audio): the whisper then rests on the facts the app verified."""
         if max_words < MIN_WORDS:
             raise ValueError(f"max_words must be at least {MIN_WORDS}, not {max_words}")
+        if quote_caller < 0:
+            raise ValueError(f"quote_caller must not be negative, not {quote_caller}")
         self.max_words = max_words
+        self.quote_caller = quote_caller
 
     async def summarize(self, transcript: Sequence[Turn], facts: Mapping[str, str]) -> str:
         return self.compose(transcript, facts)
@@ -489,7 +495,7 @@ class ExtractiveSummarizer:
             key=lambda s: (-_detail_score(s), s.order),
         )
         for candidate in ranked:
-            if len(chosen) == 2:
+            if len(chosen) >= self.quote_caller:
                 break
             if _redundant(candidate, said):
                 continue

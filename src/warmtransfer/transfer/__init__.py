@@ -19,6 +19,7 @@ from warmtransfer.transfer.outcome import (
     most_informative,
 )
 from warmtransfer.transfer.plan import (
+    CallerKeys,
     Fallback,
     HoldAudio,
     Hunting,
@@ -28,7 +29,14 @@ from warmtransfer.transfer.plan import (
     ReturnToAgent,
     TransferPlan,
 )
-from warmtransfer.transfer.ports import Bridge, CallerLeftNotifier, CallerLeg, Dialer, TargetLeg
+from warmtransfer.transfer.ports import (
+    Bridge,
+    CallerCancelledNotifier,
+    CallerLeftNotifier,
+    CallerLeg,
+    Dialer,
+    TargetLeg,
+)
 from warmtransfer.transfer.states import (
     TRANSITIONS,
     AttemptEvent,
@@ -47,6 +55,8 @@ __all__ = [
     "AttemptEvent",
     "Bridge",
     "BridgeFailed",
+    "CallerCancelledNotifier",
+    "CallerKeys",
     "CallerLeftNotifier",
     "CallerLeg",
     "Completed",

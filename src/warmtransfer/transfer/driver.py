@@ -8,6 +8,8 @@ the driver is written down once, next to the code that keeps it:
   Nothing outlives `run()`, on any path, by construction.
 - `hunt.py`: the flows a phase runs: the hunt round by round, each attempt (dial, consult, and
   for the winner the bridge) owning its leg until its task ends, and the fallback phase.
+- `caller_side.py`: what the held caller hears and may do meanwhile: progress prompts, and the
+  plan's keys to stop waiting or to leave a message instead.
 - `attempts.py`: each attempt's record while it runs; `ending.py`: how the ending events become
   the outcome an app gets.
 - This module: the app's side (`run`, `cancel`, the event stream) and what happens after the
@@ -16,7 +18,9 @@ the driver is written down once, next to the code that keeps it:
 After the hunt fails, what happens to the caller is the plan's `on_failure`: the fallback target
 is a second supervised phase (dial and bridge, no consult, within the same overall deadline); a
 message-and-hang-up or the return to the AI is done by `_settle`, outside the group, once every
-task has ended. Only then does the machine reach a terminal state, and `run()` return.
+task has ended. Only then does the machine reach a terminal state, and `run()` return. A caller
+who stopped waiting by key was already unheld, or has already recorded their message, by then
+(both start the moment the key is read); `_settle` only finishes the job.
 
 Deadlines are the driver's, not the backends': ringing (`target.ring_timeout`), the consult
 (`plan.consult_timeout`, from answer to decision, per human) and the whole transfer
@@ -170,6 +174,8 @@ class WarmTransfer(Hunt):
             winner=self._winner,
             started=self._started,
             message_error=self._message_error,
+            recorded_message=self._recorded_message,
+            record_error=self._record_error,
         )
 
     def _end_before_start(self, event: CallerHungUp | Cancelled) -> None:
@@ -204,7 +210,9 @@ class WarmTransfer(Hunt):
             # worse than giving them back to the AI, which can at least speak.
 
         error = None
-        if self._hold_requested:
+        if self._given_back:  # the caller's cancel key: unheld at once (caller_side.py)
+            error = self._unhold_error
+        elif self._hold_requested:
             error = await self._bounded("caller.unhold", self._caller.unhold())
         now = self._clock()
         if self._caller.hung_up:

@@ -8,6 +8,7 @@ Pure, so every rule about what an app is told can be read in one place, without 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from warmtransfer.transfer.attempts import RunningAttempt
 from warmtransfer.transfer.outcome import (
@@ -21,12 +22,14 @@ from warmtransfer.transfer.states import (
     AttemptFailed,
     BridgeBroke,
     Bridged,
+    CallerCancelled,
     CallerHungUp,
     Cancelled,
     ConsultTimedOut,
     Declined,
     Event,
     HuntExhausted,
+    MessageRequested,
     PortFailed,
     State,
     TargetHungUp,
@@ -35,7 +38,14 @@ from warmtransfer.transfer.states import (
 )
 
 #: Events that interrupt a transfer from outside its flow; everything else is the flow's own.
-INTERRUPTS = (CallerHungUp, Cancelled, TransferTimedOut, PortFailed)
+INTERRUPTS = (
+    CallerHungUp,
+    CallerCancelled,
+    MessageRequested,
+    Cancelled,
+    TransferTimedOut,
+    PortFailed,
+)
 
 
 def describe_end(event: Event) -> tuple[Reason, int | None, str | None, str]:
@@ -59,6 +69,10 @@ def describe_end(event: Event) -> tuple[Reason, int | None, str | None, str]:
             return Reason.BRIDGE_FAILED, None, None, detail
         case CallerHungUp(detail=detail):
             return Reason.CALLER_HUNG_UP, None, None, detail
+        case CallerCancelled(key=key):
+            return Reason.CANCELLED_BY_CALLER, None, None, f"the caller pressed {key} while held"
+        case MessageRequested(key=key):
+            return Reason.MESSAGE_LEFT, None, None, f"the caller pressed {key} to leave a message"
         case Cancelled(detail=detail):
             return Reason.CANCELLED, None, None, detail
         case TransferTimedOut(timeout=timeout):
@@ -93,9 +107,13 @@ def build_outcome(
     winner: RunningAttempt | None,
     started: float,
     message_error: str | None,
+    recorded_message: Path | None = None,
+    record_error: str | None = None,
 ) -> TransferOutcome:
     """The outcome of a transfer that reached terminal `state` on `final`. `hunt_end` ended the
-    hunt and `end` the last phase (the fallback's, if there was one; else the same event)."""
+    hunt and `end` the last phase (the fallback's, if there was one; else the same event).
+    `recorded_message` is the caller's message, if they left one; `record_error` says why the
+    message they asked to leave could not be recorded."""
     hunt_reason = describe_end(hunt_end)[0]
     fallback_reason = describe_end(end)[0]
     frozen = tuple(a.frozen(fallback_reason if a.fallback else hunt_reason) for a in attempts)
@@ -119,7 +137,20 @@ def build_outcome(
         detail = f"{detail}; {how}" if detail else how
     if message_error is not None:
         detail = f"{detail}; failure message not played: {message_error}"
-    if state is State.ABANDONED and not isinstance(why, CallerHungUp):
+    if record_error is not None:
+        # The caller asked to leave a message and none was recorded: not MESSAGE_LEFT.
+        detail = f"{detail}; message not recorded: {record_error}"
+        reason = Reason.ERROR
+    if state is State.ABANDONED and isinstance(why, MessageRequested):
+        # Hanging up is how many callers end a message: they are gone (CALLER_HUNG_UP, as
+        # Failed promises), and the message, if any was recorded, is in `recorded_message`.
+        detail = (
+            "the caller left a message and hung up"
+            if recorded_message is not None
+            else "the caller asked to leave a message and hung up before the tone"
+        )
+        reason, sip_status, sip_reason = Reason.CALLER_HUNG_UP, None, None
+    elif state is State.ABANDONED and not isinstance(why, CallerHungUp):
         # The caller left while being given back: they are not with the AI, so the reason
         # must say so (Failed's promise); what the transfer had failed on goes in the detail.
         detail = f"caller hung up while recovering from {reason.value}" + (
@@ -140,4 +171,5 @@ def build_outcome(
         sip_reason,
         detail,
         dismissed=state is State.DISMISSED,
+        recorded_message=recorded_message,
     )

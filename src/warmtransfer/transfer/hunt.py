@@ -14,6 +14,8 @@ Why it is built this way:
   leaves HUNTING; the table refuses a second Accepted. Two humans can never be bridged.
 - The fallback target (the plan's `on_failure`) is a second supervised phase with one attempt:
   dial and bridge, no consult, within the same overall deadline.
+- When the caller stops waiting (the plan's cancel or message key, `caller_side.py`), an
+  answered human is told so before being hung up, as when the caller hangs up (`_notice`).
 - Ringing (`target.ring_timeout`) and the consult (`plan.consult_timeout`, from answer to
   decision, per human) are deadlines of the attempt, not of the backends.
 """
@@ -22,26 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from warmtransfer.consult.ports import Decision, LegGone, Verdict
 from warmtransfer.transfer.attempts import RunningAttempt, unless_hung_up
+from warmtransfer.transfer.caller_side import CallerSide
 from warmtransfer.transfer.ending import hunt_exhausted
 from warmtransfer.transfer.outcome import BridgeFailed, DialFailed, Reason
-from warmtransfer.transfer.ports import CallerLeftNotifier, TargetLeg
-from warmtransfer.transfer.scope import Superseded, TransferScope, logger
+from warmtransfer.transfer.ports import CallerCancelledNotifier, CallerLeftNotifier, TargetLeg
+from warmtransfer.transfer.scope import Superseded, logger
 from warmtransfer.transfer.states import (
     Accepted,
     Answered,
     AttemptFailed,
     BridgeBroke,
     Bridged,
+    CallerCancelled,
     CallerHungUp,
     Cancelled,
     ConsultTimedOut,
     Declined,
     HoldStarted,
+    MessageRequested,
     PortFailed,
     Ringing,
     State,
@@ -55,7 +60,7 @@ from warmtransfer.transfer.target import Target
 NOTICE_TIMEOUT = 10.0
 
 
-class Hunt(TransferScope):
+class Hunt(CallerSide):
     """The flows a transfer supervises: the hunt over the plan's targets, then the fallback."""
 
     # -- the hunt ---------------------------------------------------------------------------------
@@ -69,6 +74,7 @@ class Hunt(TransferScope):
         self._hold_requested = True
         await self._caller.hold(plan.hold_audio)
         self._advance(HoldStarted(at=self._clock()))
+        self._start_hold_side()
 
         hunting = plan.hunting
         targets = list(plan.targets)
@@ -151,6 +157,7 @@ class Hunt(TransferScope):
         self._winner = attempt
         # Ringing: the dial is cancelled (CANCEL); answered: hung up.
         self._cancel_once(self._round_tasks)
+        self._end_hold_side()  # no prompt, no key of the caller's from now on
         self._advance(Accepted(at=now, attempt=attempt.index, via=decision.via), attempt)
 
     # -- the steps of one attempt ---------------------------------------------------------------
@@ -310,18 +317,27 @@ class Hunt(TransferScope):
         human first. Runs in the attempt's own task, after its consult has been awaited."""
         leg = attempt.leg
         if leg is not None and not attempt.bridged:
-            if (
-                isinstance(self._end, CallerHungUp)
-                and not leg.hung_up
-                and isinstance(self._consultant, CallerLeftNotifier)
-            ):
-                notice = self._consultant.notify_caller_left(leg)
-                await self._bounded("consultant.notify_caller_left", notice, NOTICE_TIMEOUT)
+            notice = None if leg.hung_up else self._notice(leg)
+            if notice is not None:
+                await self._bounded(notice[0], notice[1], NOTICE_TIMEOUT)
             await self._bounded("target.hangup", leg.hangup())
         if attempt.reason is None and self._winner is not None and self._winner is not attempt:
             attempt.reason, attempt.detail = Reason.CANCELLED, "another target accepted first"
         if attempt.ended is None or attempt.reason is None:
             attempt.ended = self._clock()
+
+    def _notice(self, leg: TargetLeg) -> tuple[str, Awaitable[None]] | None:
+        """What an answered human is told before being hung up because the caller left or
+        stopped waiting, if the consultant can tell them (port name, notice); else None."""
+        consultant = self._consultant
+        stopped_waiting = isinstance(self._end, CallerCancelled | MessageRequested)
+        if stopped_waiting and isinstance(consultant, CallerCancelledNotifier):
+            return "consultant.notify_caller_cancelled", consultant.notify_caller_cancelled(leg)
+        if (stopped_waiting or isinstance(self._end, CallerHungUp)) and isinstance(
+            consultant, CallerLeftNotifier
+        ):
+            return "consultant.notify_caller_left", consultant.notify_caller_left(leg)
+        return None
 
     # -- the fallback -------------------------------------------------------------------------
 
@@ -335,7 +351,7 @@ class Hunt(TransferScope):
             target is None
             or self._machine.state is not State.RECOVERING
             or not self._on_failure_applies()
-            or isinstance(self._hunt_end, TransferTimedOut)
+            or isinstance(self._hunt_end, TransferTimedOut | MessageRequested)
             or asyncio.get_running_loop().time() >= self._deadline
             or self._caller.hung_up
         ):
@@ -348,15 +364,24 @@ class Hunt(TransferScope):
         return attempt
 
     async def _fallback_steps(self, attempt: RunningAttempt) -> None:
-        """The fallback: ring, then bridge at once, without a consult."""
+        """The fallback: ring, then bridge at once, without a consult. The caller is still
+        held while it rings: prompts and keys go on, until it answers."""
+        self._start_hold_side()
         leg = await self._dial(attempt)
         if leg is None:
             return
         self._answered(attempt)
+        self._end_hold_side()
         await self._send_digits(attempt, leg)
         await self._connect(attempt, leg)
 
     def _on_failure_applies(self) -> bool:
         """The plan's on_failure is for a transfer that found no human; not when the app
-        cancelled (it wants the caller back) nor when a port broke (the AI is the safe place)."""
-        return not self._cancel_requested and not isinstance(self._hunt_end, Cancelled | PortFailed)
+        cancelled (it wants the caller back), nor when the caller did (they asked for the AI),
+        nor when a port broke or a message could not be recorded (the AI is the safe place)."""
+        return (
+            not self._cancel_requested
+            and self._record_error is None
+            and not isinstance(self._hunt_end, Cancelled | PortFailed | CallerCancelled)
+            and not isinstance(self._end, CallerCancelled)
+        )

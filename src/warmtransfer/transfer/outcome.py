@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from warmtransfer.transfer.target import Target
 
@@ -25,7 +26,9 @@ class Reason(StrEnum):
     CALLER_HUNG_UP = "caller_hung_up"
     CONSULT_TIMEOUT = "consult_timeout"
     TRANSFER_TIMEOUT = "transfer_timeout"
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # by the app
+    CANCELLED_BY_CALLER = "cancelled_by_caller"  # the caller pressed the cancel key while held
+    MESSAGE_LEFT = "message_left"  # the caller chose to leave a message instead of waiting
     BRIDGE_FAILED = "bridge_failed"
     ERROR = "error"
 
@@ -96,7 +99,14 @@ class Completed:
 class Failed:
     """No human took the call. The caller is back with the AI, unless `reason` is CALLER_HUNG_UP
     (the caller has gone) or `dismissed` is true (the plan's on_failure played its message to
-    the caller and hung up)."""
+    the caller and hung up).
+
+    `recorded_message` is the WAV file (8 kHz mono 16-bit) of the message the caller left
+    instead of waiting (the plan's `caller_keys.message_key`), else None. Attach it whenever it
+    is set, whatever the reason: MESSAGE_LEFT when the caller ended the message with the key or
+    by staying silent and is back with the AI (or was dismissed), but CALLER_HUNG_UP when they
+    ended it by hanging up, which keeps the promise above that CALLER_HUNG_UP means "gone".
+    """
 
     reason: Reason
     attempts: tuple[Attempt, ...]
@@ -106,6 +116,7 @@ class Failed:
     sip_reason: str | None = None
     detail: str = ""
     dismissed: bool = False
+    recorded_message: Path | None = None
 
     @property
     def ok(self) -> bool:

@@ -19,16 +19,31 @@ misspelt ``ring_timout`` in a config file must be an error, not a silent default
 
     [on_failure]
     action = "return_to_agent"
+
+    [hold_audio]
+    progress_every = 30
+
+    [caller_keys]
+    can_leave_message = true
+    messages_dir = "messages"
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from warmtransfer.media.wav import read_wav
 from warmtransfer.transfer.outcome import Reason
@@ -62,6 +77,12 @@ class HoldAudio(BaseModel):
     Some PBXs and carriers show "on hold" or stop their own timers only when told. Off by
     default because some trunks mishandle it (a refused or lost re-INVITE, one-way audio after
     the resume); the music plays either way, and a refusal never stops the transfer.
+
+    `progress_every`: every so many seconds on hold (counted from the start of the hold), the
+    music pauses, `progress_text` is spoken (the backend renders it with its text-to-speech,
+    once: the clip is cached) and the music resumes where it paused. A caller who hears
+    nothing but music for minutes assumes they were forgotten and hangs up. None = never. A
+    prompt never delays the bridge: when a human accepts mid-prompt, the prompt stops at once.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -71,6 +92,12 @@ class HoldAudio(BaseModel):
     volume: float = Field(default=0.8, ge=0.0, le=1.0)
     reinvite: bool = Field(
         default=False, description="tell the caller's phone or trunk it is held (re-INVITE)"
+    )
+    progress_every: float | None = Field(
+        default=30.0, gt=0, le=3600, description="seconds between progress prompts; None = never"
+    )
+    progress_text: str = Field(
+        default="Thanks for holding, I'm still connecting you.", min_length=1, max_length=500
     )
 
     @field_validator("source")
@@ -118,6 +145,101 @@ class Hunting(BaseModel):
                 f"takes {', '.join(sorted(r.value for r in RETRYABLE))}"
             )
         return value
+
+
+DTMF_KEYS = "0123456789*#ABCD"
+
+#: How a key is named in a spoken prompt ("press pound").
+_KEY_NAMES = {"#": "pound", "*": "star"}
+
+#: Where recorded messages go when the plan does not say (see `CallerKeys.messages_dir`).
+DEFAULT_MESSAGES_DIR = Path(tempfile.gettempdir()) / "warmtransfer-messages"
+
+
+class CallerKeys(BaseModel):
+    """What the caller's keypad does while they are on hold (and only then: the transfer reads
+    the caller's keys from the moment the hold audio plays until a human accepts or the caller
+    is given back; any other key is ignored, and none is left over for the AI afterwards).
+
+    - `cancel_key` (on by default: waiting must never be a trap): the caller stops waiting. The
+      hunt ends at once (a ringing target's call is cancelled, a human being briefed hears a
+      short notice and is hung up) and the caller is back with the AI straight away; the outcome
+      is `Failed` with Reason.CANCELLED_BY_CALLER. The plan's on_failure does not apply: the
+      caller asked for the AI, not for a fallback queue or a goodbye.
+    - `message_key` (off by default: the app must decide where messages go and who hears them):
+      the caller leaves a message instead. The hunt ends as for `cancel_key`, the caller hears
+      `message_prompt` and a tone, and what they say is recorded (8 kHz mono 16-bit WAV) until
+      they press `message_key` again, stay silent for `message_silence_seconds`, reach
+      `message_max_seconds`, or hang up. The outcome is `Failed` with Reason.MESSAGE_LEFT (or
+      CALLER_HUNG_UP if they ended it by hanging up) and `recorded_message`, the file's path,
+      which an app attaches to its handoff record (`HandoffRecord.with_recorded_message`).
+      Then the caller is back with the AI (which can thank them), unless the plan's on_failure
+      is message_and_hangup, which is carried out; a fallback target is not dialled (the caller
+      chose a message over waiting).
+
+    Recordings are written to `messages_dir`, one file per message named after the transfer
+    (``message-<transfer id>-<random>.wav``), readable by the engine's user only; None (the
+    default) means DEFAULT_MESSAGES_DIR, a directory in the system's temporary directory, which
+    the system may clean and other local users can see into if they created it first: an app
+    that keeps messages should set a directory of its own, or move each file away when the
+    transfer returns.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    can_cancel: bool = True
+    cancel_key: str = Field(default="*", description="the caller stops waiting")
+    can_leave_message: bool = False
+    message_key: str = Field(default="#", description="starts, and ends, the caller's message")
+    message_max_seconds: float = Field(default=60.0, gt=0, le=600)
+    message_silence_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="this long without sound ends the message"
+    )
+    messages_dir: Path | None = Field(
+        default=None, description="where messages are written; None = DEFAULT_MESSAGES_DIR"
+    )
+    message_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="spoken before the tone; None = a prompt naming message_key",
+    )
+
+    @field_validator("cancel_key", "message_key")
+    @classmethod
+    def _one_key(cls, value: str) -> str:
+        if len(value) != 1 or value not in DTMF_KEYS:
+            raise ValueError(f"{value!r} is not one DTMF key; use one of {DTMF_KEYS}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> CallerKeys:
+        """One key cannot mean both "stop waiting" and "leave a message"."""
+        if self.can_cancel and self.can_leave_message and self.cancel_key == self.message_key:
+            raise ValueError(
+                f"cancel_key and message_key are both {self.cancel_key!r}; "
+                "give each action its own key"
+            )
+        return self
+
+    @property
+    def effective_messages_dir(self) -> Path:
+        return self.messages_dir if self.messages_dir is not None else DEFAULT_MESSAGES_DIR
+
+    @property
+    def effective_message_prompt(self) -> str:
+        if self.message_prompt is not None:
+            return self.message_prompt
+        key = _KEY_NAMES.get(self.message_key, self.message_key)
+        return f"Please leave your message after the tone, then press {key} or hang up."
+
+    def action(self, key: str) -> Literal["cancel", "message"] | None:
+        """What `key` does under this plan; None for a key that does nothing."""
+        if self.can_cancel and key == self.cancel_key:
+            return "cancel"
+        if self.can_leave_message and key == self.message_key:
+            return "message"
+        return None
 
 
 class ReturnToAgent(BaseModel):
@@ -173,6 +295,7 @@ class TransferPlan(BaseModel):
         description="seconds from hold to bridge, at most; None = derived (effective_...)",
     )
     on_failure: OnFailure = Field(default_factory=ReturnToAgent)
+    caller_keys: CallerKeys = Field(default_factory=CallerKeys)
 
     @field_validator("targets")
     @classmethod
@@ -219,8 +342,9 @@ class TransferPlan(BaseModel):
     def from_file(cls, path: str | Path) -> TransferPlan:
         """Load a plan from a ``.toml`` or ``.json`` file.
 
-        A relative `hold_audio.source` is taken relative to the plan file, so a plan and its
-        music can move together. Every error is a `PlanFileError` naming the file.
+        A relative `hold_audio.source` or `caller_keys.messages_dir` is taken relative to the
+        plan file, so a plan and its music (or its messages) can move together. Every error is a
+        `PlanFileError` naming the file.
         """
         path = Path(path)
         suffix = path.suffix.lower()
@@ -237,11 +361,12 @@ class TransferPlan(BaseModel):
             raise PlanFileError(f"plan file {str(path)!r}: invalid {kind}: {exc}") from exc
         if not isinstance(data, dict):
             raise PlanFileError(f"plan file {str(path)!r}: the top level must be a table")
-        hold = data.get("hold_audio")
-        if isinstance(hold, dict) and isinstance(hold.get("source"), str):
-            source = Path(hold["source"])
-            if not source.is_absolute():
-                data = {**data, "hold_audio": {**hold, "source": str(path.parent / source)}}
+        for section, key in (("hold_audio", "source"), ("caller_keys", "messages_dir")):
+            table = data.get(section)
+            if isinstance(table, dict) and isinstance(table.get(key), str):
+                value = Path(table[key])
+                if not value.is_absolute():
+                    data = {**data, section: {**table, key: str(path.parent / value)}}
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -4,8 +4,9 @@ Why it is built this way:
 
 - One `asyncio.TaskGroup` per phase owns every task of a transfer: the *flow* (hold, then the
   hunt round by round), one task per *attempt*, the briefing being prepared while targets ring,
-  and the *watchers* (caller hang-up, the whole-transfer deadline, the accepted human's
-  hang-up). Nothing outlives the phase, on any path, by construction.
+  the *watchers* (caller hang-up, the whole-transfer deadline, the accepted human's hang-up)
+  and the held caller's *prompts and keys* (`caller_side.py`). Nothing outlives the phase, on
+  any path, by construction.
 - Whoever decides how a phase ends calls `_stop(event)`: the event goes through the state
   machine and, in the same step, every other task of the transfer is cancelled, exactly once.
   Doing it in the same step (not when a supervisor wakes up later) is what makes "first one
@@ -28,6 +29,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any
 
 from warmtransfer.consult.ports import Briefing, Consultant
@@ -108,6 +110,13 @@ class TransferScope:
         self._winner: RunningAttempt | None = None
         self._message_error: str | None = None
         self._outcome: TransferOutcome | None = None
+        # The held caller's side (caller_side.py): prompts and keys, and what the keys did.
+        self._held_at: float | None = None  # loop time the hold audio began
+        self._hold_tasks: list[asyncio.Task[None]] = []
+        self._given_back = False  # unheld the moment the caller pressed the cancel key
+        self._unhold_error: str | None = None  # what that unhold raised, if anything
+        self._recorded_message: Path | None = None
+        self._record_error: str | None = None
 
     # -- a phase: its tasks, under one group ----------------------------------------------------
 
@@ -123,12 +132,22 @@ class TransferScope:
                 if self._cancel_requested and self._end is None:
                     self._stop(Cancelled(at=self._clock(), detail="cancelled by the app"))
                 await self._ended.wait()
+                # Every task's own cleanup (hang-ups, notices, the caller's message), awaited
+                # here rather than by the group on exit: a cancel of run() meanwhile must come
+                # to the handler below, which lets the cleanup finish, not to the group, which
+                # would interrupt it and skip giving the caller back.
+                while self._tasks:
+                    await asyncio.wait(set(self._tasks))
             except asyncio.CancelledError:
                 # run() itself was cancelled: end the transfer like an app's cancel, let every
                 # task clean up (the group waits for them), and re-raise once the caller is back.
                 self._run_cancelled = self._cancel_requested = True
-                self._stop(Cancelled(at=self._clock(), detail="run() was cancelled"))
-                self._cancel_all()
+                if self._end is None:
+                    self._stop(Cancelled(at=self._clock(), detail="run() was cancelled"))
+                else:
+                    # Already ended: the tasks are cleaning up, each step bounded, and finish;
+                    # only a message still being recorded stops (the app wants out now).
+                    self._cancel_once(self._hold_tasks)
             finally:
                 self._group = None
         self._tasks.clear()

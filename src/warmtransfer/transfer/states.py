@@ -50,6 +50,12 @@ ends every attempt still alive and carries out the plan's `on_failure`:
   FALLBACK   AttemptFailed
   BRIDGING   BridgeBroke, TargetHungUp (the human who accepted, or the fallback, hung up)
 
+  The caller may also end the wait (Rule 6: CallerCancelled, MessageRequested). Then the
+  caller's choice, not on_failure, says where they go: after CallerCancelled, back to the AI
+  (`Recovered`), given back by the driver the moment the key is read; after MessageRequested,
+  the driver records the caller's message while in RECOVERING, then carries out on_failure,
+  except that a fallback target is never dialled (the caller chose a message over waiting).
+
 Rule 6: some events may come at any moment, so they are legal in every state where they can:
   - CallerHungUp, from every non-terminal state (RECOVERING included) -> ABANDONED. A caller who
     has gone is never put back with the AI, so ABANDONED skips RECOVERING.
@@ -59,6 +65,13 @@ Rule 6: some events may come at any moment, so they are legal in every state whe
   - PortFailed (a port raised something unexpected), from every state where a port is at work
     (HOLDING, HUNTING, FALLBACK, BRIDGING) -> RECOVERING, and from RECOVERING -> FAILED (giving
     the caller back, or hanging up on them, itself failed; the outcome says so).
+  - CallerCancelled (the caller pressed the plan's cancel key: stop waiting) and
+    MessageRequested (the message key: leave a message instead), from HUNTING and FALLBACK
+    -> RECOVERING: the states in which the caller hears hold audio and the driver reads their
+    keys. Not from HOLDING (keys are read once the hold audio plays; hold discards earlier
+    ones), and not from BRIDGING: once a human has accepted, the caller is being joined to
+    them, and a key pressed then cannot take the human's "yes" back (the driver stops reading
+    keys at that instant, and the table would refuse the event anyway).
 
 Rule 7: COMPLETED (bridged to a human), FAILED (back with the AI), DISMISSED and ABANDONED (gone)
 are terminal: they accept no event at all.
@@ -217,6 +230,21 @@ class CallerHungUp(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CallerCancelled(Event):
+    """The held caller pressed the plan's cancel key: they no longer want to wait."""
+
+    key: str = "*"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageRequested(Event):
+    """The held caller pressed the plan's message key: they leave a message instead of waiting
+    (recorded while RECOVERING; its file is the outcome's `recorded_message`)."""
+
+    key: str = "#"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cancelled(Event):
     detail: str = ""  # "cancelled by the app", "run() was cancelled"
 
@@ -263,6 +291,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Bridged,
     BridgeBroke,
     CallerHungUp,
+    CallerCancelled,
+    MessageRequested,
     Cancelled,
     TransferTimedOut,
     PortFailed,
@@ -319,6 +349,8 @@ _ANYTIME: dict[tuple[State, type[Event]], State] = {
     **{(state, TransferTimedOut): S.RECOVERING for state in (S.IDLE, *_ACTIVE)},
     **{(state, PortFailed): S.RECOVERING for state in _ACTIVE},
     (S.RECOVERING, PortFailed): S.FAILED,
+    **{(state, CallerCancelled): S.RECOVERING for state in (S.HUNTING, S.FALLBACK)},
+    **{(state, MessageRequested): S.RECOVERING for state in (S.HUNTING, S.FALLBACK)},
 }
 
 TRANSITIONS: Mapping[tuple[State, type[Event]], State] = MappingProxyType(
