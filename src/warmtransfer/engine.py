@@ -24,7 +24,7 @@ from warmtransfer.speech.tts import PiperTTS, TextToSpeech
 from warmtransfer.transfer.driver import WarmTransfer
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import TransferOutcome
-from warmtransfer.transfer.plan import TransferPlan
+from warmtransfer.transfer.plan import CallerKeys, HoldAudio, TransferPlan
 
 
 class Engine:
@@ -79,6 +79,9 @@ class Engine:
     async def start(self) -> Engine:
         await self.ua.start()
         hold_music()  # generated once and cached: the first hold must not wait for it
+        # The default hold prompts too: the first caller to hear one must not wait for piper.
+        await self.tts.synthesize(HoldAudio().progress_text)
+        await self.tts.synthesize(CallerKeys().effective_message_prompt)
         warm_up = getattr(self.consultant, "warm_up", None)
         if warm_up is not None:
             await warm_up()

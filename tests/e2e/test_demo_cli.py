@@ -34,18 +34,27 @@ async def run_demo(out: Path, *extra: str) -> tuple[int, str]:
     return process.returncode or 0, output.decode()
 
 
-async def test_demo_accept_and_decline(tmp_path: Path) -> None:
+async def test_demo_accept_by_voice_and_decline_by_key(tmp_path: Path) -> None:
     (accept_rc, accept_out), (decline_rc, decline_out) = await asyncio.gather(
-        run_demo(tmp_path / "accept"), run_demo(tmp_path / "decline", "--decline")
+        run_demo(tmp_path / "accept"), run_demo(tmp_path / "decline", "--decline", "--keys")
     )
     assert accept_rc == 0, accept_out
     assert decline_rc == 0, decline_out
 
     accepted = json.loads((tmp_path / "accept" / "summary.json").read_text())
     assert accepted["outcome"] == "completed"
+    assert accepted["accepted_via"] == "said 'yes'"  # the human spoke; nobody pressed a key
     assert all(value is not None for value in accepted["figures"].values()), accepted
     assert "INVITE sip:sam@127.0.0.1" in accept_out  # the live timeline shows the SIP flow
     assert "hunting → bridging" in accept_out
+    # The briefing was built from the call: the topic the caller said, the account keyed in.
+    assert "double charge" in accepted["briefing"] and "4471" in accepted["briefing"]
+    handoff = json.loads((tmp_path / "accept" / "handoff.json").read_text())
+    assert handoff["caller_name"] == "Maria Lopez"
+    assert handoff["key_facts"]["account"] == "4471"
+    said = [turn["text"] for turn in handoff["transcript"] if turn["speaker"] == "caller"]
+    assert said and "refund" in said[0]  # what pocketsphinx heard of the caller's turn
+    assert handoff["attempts"][0]["reason"] == "completed"
 
     declined = json.loads((tmp_path / "decline" / "summary.json").read_text())
     assert declined["outcome"] == "declined"

@@ -29,7 +29,11 @@ def _run(coro: object) -> object:
 @app.command()
 def demo(
     decline: Annotated[
-        bool, typer.Option("--decline", help="the human presses 2: shows the failure path")
+        bool, typer.Option("--decline", help="the human says no: shows the failure path")
+    ] = False,
+    keys: Annotated[
+        bool,
+        typer.Option("--keys", help="the human answers with a key (1 or 2) instead of speaking"),
     ] = False,
     out: Annotated[
         Path, typer.Option("--out", help="folder for recordings and the JSON timeline")
@@ -39,7 +43,7 @@ def demo(
     from warmtransfer.demo.runner import run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    result = _run(run_demo(out, decline=decline, console=console))
+    result = _run(run_demo(out, decline=decline, keys=keys, console=console))
     outcome = getattr(result, "outcome", None)
     expected_ok = not decline
     if outcome is None or bool(outcome.ok) != expected_ok:

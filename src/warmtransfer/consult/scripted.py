@@ -77,6 +77,7 @@ class ScriptedConsultant:
             "Press 9 or say repeat to hear this again."
         ),
         caller_left: str = "The caller has hung up, so there is no call to take. Goodbye.",
+        caller_cancelled: str = "The caller no longer wants to wait. Goodbye.",
         accept_key: str = "1",
         decline_key: str = "2",
         repeat_key: str = "9",
@@ -93,6 +94,7 @@ class ScriptedConsultant:
         self.intro = intro
         self.instructions = instructions
         self.caller_left = caller_left
+        self.caller_cancelled = caller_cancelled
         self.accept_key = accept_key
         self.decline_key = decline_key
         self.repeat_key = repeat_key
@@ -107,6 +109,7 @@ class ScriptedConsultant:
         """Render the fixed texts now, so even the first transfer speaks them at once."""
         await self.tts.synthesize(self.intro)
         await self.tts.synthesize(self.caller_left)
+        await self.tts.synthesize(self.caller_cancelled)
         if self.voicemail_message:
             await self.tts.synthesize(self.voicemail_message)
         if self.spotter is not None:
@@ -118,6 +121,11 @@ class ScriptedConsultant:
         The driver calls this only after the consult (and with it the briefing) has stopped.
         """
         await leg.play(await self.tts.synthesize(self.caller_left))
+
+    async def notify_caller_cancelled(self, leg: ConsultLeg) -> None:
+        """Tell the human the caller stopped waiting (pressed * or chose to leave a message):
+        fixed text, like the caller-left notice."""
+        await leg.play(await self.tts.synthesize(self.caller_cancelled))
 
     async def prepare(self, briefing: Briefing) -> ScriptedPrepared:
         rest = sentences(" ".join(p for p in (briefing.summary, self.instructions) if p))

