@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -77,6 +78,15 @@ class Engine:
         self.transfers: dict[str, WarmTransfer] = {}
 
     async def start(self) -> Engine:
+        """Check the speech providers, then listen. A provider that is misconfigured or
+        unreachable (no model, no API key, wrong base URL) fails here with an error naming it
+        and what to set: before any call is answered, not on the first transfer."""
+        for provider in (self.tts, self.spotter):
+            check = getattr(provider, "check", None)
+            if check is not None:
+                result = check()
+                if inspect.isawaitable(result):
+                    await result
         await self.ua.start()
         hold_music()  # generated once and cached: the first hold must not wait for it
         # The default hold prompts too: the first caller to hear one must not wait for piper.

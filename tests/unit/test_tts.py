@@ -200,3 +200,13 @@ async def test_the_same_sentence_is_the_same_audio_in_every_engine(tts: PiperTTS
     varied = PiperTTS(cache_size=0, deterministic=False)
     takes = {len((await varied.synthesize(text)).samples) for _ in range(3)}
     assert len(takes) > 1  # piper's own prosody noise, which the default turns off
+
+
+async def test_an_engine_with_a_broken_voice_fails_at_start_naming_it(tmp_path: Path) -> None:
+    """Misconfigured speech stops the engine before it answers anything."""
+    from warmtransfer.engine import Engine
+
+    engine = Engine(port=0, tts=PiperTTS(tmp_path / "missing.onnx"))
+    with pytest.raises(SpeechProviderError, match=r"piper: .*missing\.onnx"):
+        await engine.start()
+    assert engine.ua.ports == {}  # nothing listens

@@ -4,8 +4,7 @@ Prompts repeat ("Please hold", "Connecting you now"), so a clip is rendered once
 and kept; concurrent requests for the same text share one render (the second awaits the first's
 result), and a waiter that is cancelled does not cancel the render others await. Failures are not
 kept, so the next request tries again. Cached clips are shared, so their samples must be
-read-only; the cache enforces it. PiperTTS has the same behaviour written into its class; this
-is the reusable form for the remote engines.
+read-only; the cache enforces it. PiperTTS and the OpenAI-compatible engine both use it.
 """
 
 from __future__ import annotations

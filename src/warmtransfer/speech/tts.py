@@ -9,8 +9,9 @@ How it is wrapped follows from where it runs, inside the event loop that paces e
   executor (which asyncio also needs for DNS lookups), and two syntheses never fight over the
   two cores the media path shares. The model loads lazily, once, in that same thread.
 - Prompts repeat ("Please hold", "Connecting you now"), so clips are kept in an LRU keyed by
-  (text, rate), and concurrent requests for the same text share one synthesis: the second caller
-  awaits the first one's result. A cancelled waiter does not cancel the work others await.
+  (text, rate) (`speech.cache.ClipCache`, shared with the remote engines), and concurrent
+  requests for the same text share one synthesis. A cancelled waiter does not cancel the work
+  others await.
 - Piper speaks at 22.05 kHz with silence at both ends; phone legs want 8 kHz and prompts that
   start promptly, so clips are resampled with soxr and trimmed to at most 50 ms of silence.
 - Cached clips are shared, so their samples are read-only.
@@ -25,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import importlib.util
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,6 +36,7 @@ from numpy.typing import NDArray
 
 from warmtransfer.media.audio import PHONE_RATE, AudioClip
 from warmtransfer.media.wav import resample
+from warmtransfer.speech.cache import ClipCache
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -83,12 +83,8 @@ class PiperTTS:
         cache_size: int = 64,
         deterministic: bool = True,
     ) -> None:
-        if cache_size < 0:
-            raise ValueError(f"cache size must not be negative, not {cache_size}")
         self._model_path = Path(model_path) if model_path is not None else None
-        self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, int], AudioClip] = OrderedDict()
-        self._pending: dict[tuple[str, int], asyncio.Future[AudioClip]] = {}
+        self._cache = ClipCache(cache_size)  # raises on a negative size
         self._voice: PiperVoice | None = None
         self._load_lock = threading.Lock()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="piper-tts")
@@ -184,28 +180,11 @@ class PiperTTS:
         """Speak `text` as a mono clip at `rate`; repeated texts come from the cache."""
         if rate <= 0:
             raise ValueError(f"sample rate must be positive, not {rate}")
-        key = (text, rate)
-        clip = self._cache.get(key)
-        if clip is not None:
-            self._cache.move_to_end(key)
-            return clip
         if not text.strip():
             return AudioClip(np.zeros(0, dtype=np.int16), rate)
-        loop = asyncio.get_running_loop()
-        pending = self._pending.get(key)
-        if pending is None or pending.get_loop() is not loop:
-            pending = loop.run_in_executor(self._worker, self._render, text, rate)
-            self._pending[key] = pending
-            pending.add_done_callback(functools.partial(self._settle, key))
-        return await asyncio.shield(pending)
 
-    def _settle(self, key: tuple[str, int], done: asyncio.Future[AudioClip]) -> None:
-        """Move a finished synthesis into the cache (failures are not cached)."""
-        if self._pending.get(key) is done:
-            del self._pending[key]
-        if done.cancelled() or done.exception() is not None:
-            return
-        self._cache[key] = done.result()
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        async def render() -> AudioClip:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._worker, self._render, text, rate)
+
+        return await self._cache.get((text, rate), render)
