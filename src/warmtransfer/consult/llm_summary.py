@@ -6,7 +6,8 @@ whatever the caller said. So `LlmSummarizer` never stands between a caller and a
 
 - One overall deadline (`timeout`) covers connecting, sending and reading the whole answer.
   httpx's own timeouts apply to each network operation, so a server that trickles its answer
-  a byte at a time would never trip them; `asyncio.timeout` does.
+  a byte at a time would never trip them; `asyncio.timeout` does. (The HTTP call, its deadline
+  and its failure kinds are `chat.ChatClient`'s, shared with the LLM-driven consult.)
 - Any failure (deadline, HTTP error, transport error, a malformed, empty or over-long answer, or
   one that repeats an instruction the caller slipped into the call) gives the extractive summary
   instead, with the reason in the returned `Summary` and in the log.
@@ -20,7 +21,6 @@ whatever the caller said. So `LlmSummarizer` never stands between a caller and a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from warmtransfer.consult.chat import ChatClient, ChatError
 from warmtransfer.consult.ports import Turn
 from warmtransfer.consult.summary import (
     DEFAULT_MAX_WORDS,
@@ -45,7 +46,7 @@ from warmtransfer.consult.wording import (
     one_line,
 )
 
-__all__ = ["SYSTEM_PROMPT", "LlmSummarizer"]
+__all__ = ["SYSTEM_PROMPT", "LlmSummarizer", "call_data", "clip_transcript"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,38 @@ class _Unusable(Exception):
         self.detail = detail
 
 
+def clip_transcript(transcript: Sequence[Turn], max_chars: int) -> list[Turn]:
+    """The first turn (usually the reason for the call) and as many of the latest as fit in
+    `max_chars` (each turn counted up to the `_TURN_CHARS` it is cut to)."""
+    turns = list(transcript)
+    if sum(min(len(t.text), _TURN_CHARS) for t in turns) <= max_chars:
+        return turns
+    kept: list[Turn] = []
+    budget = max_chars - min(len(turns[0].text), _TURN_CHARS)
+    for turn in reversed(turns[1:]):
+        budget -= min(len(turn.text), _TURN_CHARS)
+        if budget < 0:
+            break
+        kept.append(turn)
+    return [turns[0], *reversed(kept)]
+
+
+def call_data(
+    transcript: Sequence[Turn], facts: Mapping[str, str], max_chars: int
+) -> dict[str, Any]:
+    """The call as JSON-ready data for a model: facts and the (clipped) transcript, each value
+    on one line, so nothing in it can pose as a message boundary or a new instruction block."""
+    return {
+        "facts": {one_line(k): one_line(v) for k, v in facts.items()},
+        "transcript": [
+            {"speaker": one_line(t.speaker), "text": one_line(t.text)[:_TURN_CHARS]}
+            for t in clip_transcript(transcript, max_chars)
+        ],
+    }
+
+
 class LlmSummarizer:
-    """Asks an OpenAI-compatible chat-completions endpoint for the whisper.
+    """Asks an OpenAI-compatible chat-completions endpoint for the whisper (`chat.ChatClient`).
 
     `base_url` is the API root, e.g. "https://api.openai.com/v1"; the request goes to
     `{base_url}/chat/completions`. Pass a shared `client` to reuse connections across transfers
@@ -97,16 +128,11 @@ class LlmSummarizer:
         max_transcript_chars: int = 12_000,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.timeout = timeout
+        self.chat = ChatClient(
+            base_url, api_key, model, timeout=timeout, temperature=temperature, client=client
+        )
         self.max_words = max_words
-        self.temperature = temperature
         self.max_transcript_chars = max_transcript_chars
-        self._api_key = api_key
-        self._client = client
         self._fallback = ExtractiveSummarizer(max_words)
 
     def __repr__(self) -> str:
@@ -116,8 +142,24 @@ class LlmSummarizer:
         )
 
     @property
+    def base_url(self) -> str:
+        return self.chat.base_url
+
+    @property
+    def model(self) -> str:
+        return self.chat.model
+
+    @property
+    def timeout(self) -> float:
+        return self.chat.timeout
+
+    @property
+    def temperature(self) -> float | None:
+        return self.chat.temperature
+
+    @property
     def url(self) -> str:
-        return f"{self.base_url}/chat/completions"
+        return self.chat.url
 
     async def summarize(self, transcript: Sequence[Turn], facts: Mapping[str, str]) -> str:
         return (await self.summarize_detailed(transcript, facts)).text
@@ -127,17 +169,12 @@ class LlmSummarizer:
     ) -> Summary:
         """The model's whisper, or the extractive one with the reason the model's was not used."""
         try:
-            async with asyncio.timeout(self.timeout):
-                answer = await self._ask(transcript, facts)
-            return Summary(self._check(answer, transcript, facts), "llm")
+            reply = await self.chat.complete(self.messages(transcript, facts))
+            return Summary(self._check(reply.text, transcript, facts), "llm")
         except _Unusable as exc:
             reason, detail = exc.reason, exc.detail
-        except (TimeoutError, httpx.TimeoutException):
-            reason, detail = FallbackReason.TIMEOUT, f"no answer within {self.timeout:g} s"
-        except httpx.HTTPStatusError as exc:
-            reason, detail = FallbackReason.HTTP_ERROR, f"HTTP {exc.response.status_code}"
-        except httpx.HTTPError as exc:
-            reason, detail = FallbackReason.TRANSPORT_ERROR, type(exc).__name__
+        except ChatError as exc:
+            reason, detail = FallbackReason(exc.failure.value), exc.detail
         except Exception as exc:  # whatever else goes wrong, the caller still gets a human
             reason, detail = FallbackReason.ERROR, type(exc).__name__
         log.warning(
@@ -152,57 +189,11 @@ class LlmSummarizer:
         self, transcript: Sequence[Turn], facts: Mapping[str, str]
     ) -> list[dict[str, str]]:
         """The chat messages sent: the instructions, then the call as JSON data."""
-        data = {
-            "facts": {one_line(k): one_line(v) for k, v in facts.items()},
-            "transcript": [
-                {"speaker": one_line(t.speaker), "text": one_line(t.text)[:_TURN_CHARS]}
-                for t in self._clip(transcript)
-            ],
-        }
+        data = call_data(transcript, facts, self.max_transcript_chars)
         return [
             {"role": "system", "content": SYSTEM_PROMPT.format(max_words=self.max_words)},
             {"role": "user", "content": f"{_USER_PREFIX}\n{json.dumps(data, ensure_ascii=False)}"},
         ]
-
-    def _clip(self, transcript: Sequence[Turn]) -> list[Turn]:
-        """The first turn (usually the reason for the call) and as many of the latest as fit."""
-        turns = list(transcript)
-        if sum(min(len(t.text), _TURN_CHARS) for t in turns) <= self.max_transcript_chars:
-            return turns
-        kept: list[Turn] = []
-        budget = self.max_transcript_chars - min(len(turns[0].text), _TURN_CHARS)
-        for turn in reversed(turns[1:]):
-            budget -= min(len(turn.text), _TURN_CHARS)
-            if budget < 0:
-                break
-            kept.append(turn)
-        return [turns[0], *reversed(kept)]
-
-    async def _ask(self, transcript: Sequence[Turn], facts: Mapping[str, str]) -> str:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages(transcript, facts),
-        }
-        if self.temperature is not None:
-            payload["temperature"] = self.temperature
-        headers = {"Authorization": f"Bearer {self._api_key}"}
-        if self._client is not None:
-            response = await self._client.post(
-                self.url, json=payload, headers=headers, timeout=self.timeout
-            )
-        else:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                response = await client.post(self.url, json=payload, headers=headers)
-        response.raise_for_status()
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, LookupError, TypeError) as exc:
-            raise _Unusable(FallbackReason.BAD_RESPONSE, "not a chat-completions answer") from exc
-        if content is None:
-            return ""
-        if not isinstance(content, str):
-            raise _Unusable(FallbackReason.BAD_RESPONSE, "the message content is not text")
-        return content
 
     def _check(self, answer: str, transcript: Sequence[Turn], facts: Mapping[str, str]) -> str:
         """The answer as a whisper, or `_Unusable` saying why it cannot be one."""

@@ -9,7 +9,7 @@ it the moment they answer. Each following sentence is rendered while the one bef
 so the first word never waits for the whole briefing to be synthesised (piper needs ~2.7 s for
 a 15 s briefing on this machine, longer than many humans take to answer).
 
-While it speaks, it listens (`_Ears`), when given a `spotter` and/or an `answer_detector`:
+While it speaks, it listens (`Ears`), when given a `spotter` and/or an `answer_detector`:
 - Answer detection runs on the first seconds of the human's audio. A voicemail greeting or a
   phone tree ends the consult at once (verdict VOICEMAIL, never bridged); with
   `voicemail_message` set, that text is left after the greeting's beep (or its end) first.
@@ -58,7 +58,7 @@ class ScriptedPrepared:
 
 
 @dataclass(frozen=True)
-class _Heard:
+class Heard:
     """Something the human did: a key, a word, how they answered, or a greeting ending."""
 
     kind: str  # "key", "said", "answer", "greeting_over", "gone"
@@ -134,13 +134,13 @@ class ScriptedConsultant:
     async def consult(self, leg: ConsultLeg, prepared: object) -> Decision:
         if not isinstance(prepared, ScriptedPrepared):
             raise TypeError("ScriptedConsultant.consult needs what its own prepare() returned")
-        heard: asyncio.Queue[_Heard] = asyncio.Queue()
-        ears = _Ears(leg, heard, self.spotter, self.answer_detector)
+        heard: asyncio.Queue[Heard] = asyncio.Queue()
+        ears = Ears(leg, heard, self.spotter, self.answer_detector)
         speaking = asyncio.ensure_future(self._speak(leg, prepared))
         # Neither helper raises (each reports through `heard`), so plain tasks, awaited below
         # on every exit, are enough; a TaskGroup would wrap LegGone in an ExceptionGroup.
         helpers = [
-            asyncio.ensure_future(_read_keys(leg, heard)),
+            asyncio.ensure_future(read_keys(leg, heard)),
             asyncio.ensure_future(ears.run()),
         ]
         try:
@@ -149,14 +149,14 @@ class ScriptedConsultant:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await _stop(leg, speaking)
+            await stop_speaking(leg, speaking)
 
     async def _decide(
         self,
         leg: ConsultLeg,
         prepared: ScriptedPrepared,
-        heard: asyncio.Queue[_Heard],
-        ears: _Ears,
+        heard: asyncio.Queue[Heard],
+        ears: Ears,
         speaking: asyncio.Future[None],
     ) -> Decision:
         while True:
@@ -165,22 +165,22 @@ class ScriptedConsultant:
                 raise LegGone(item.value)
             if item.kind == "answer" and item.verdict is not None:
                 if item.verdict.kind.is_machine:
-                    await _stop(leg, speaking)
-                    return await self._machine(leg, item.verdict, heard)
+                    await stop_speaking(leg, speaking)
+                    return await self.on_machine(leg, item.verdict, heard)
                 continue
             if item.kind == "said" and not ears.person:
                 continue  # maybe a greeting's words: wait until we know who answered
-            meaning = self._meaning(item)
+            meaning = self.meaning_of(item)
             via = f"key {item.value}" if item.kind == "key" else f"said {item.value!r}"
             if meaning == "accept":
                 return Decision(Verdict.ACCEPT, via=via)
             if meaning == "decline":
                 return Decision(Verdict.DECLINE, via=via, reason=f"declined ({via})")
             if meaning == "repeat":
-                await _stop(leg, speaking)
+                await stop_speaking(leg, speaking)
                 speaking = asyncio.ensure_future(self._speak(leg, prepared))
 
-    def _meaning(self, item: _Heard) -> str | None:
+    def meaning_of(self, item: Heard) -> str | None:
         if item.kind == "said":
             return self._said.get(item.value)
         if item.kind == "key":
@@ -195,8 +195,8 @@ class ScriptedConsultant:
     def _said(self) -> dict[str, str]:
         return dict(self.spotter.phrases) if self.spotter is not None else {}
 
-    async def _machine(
-        self, leg: ConsultLeg, verdict: AnswerVerdict, heard: asyncio.Queue[_Heard]
+    async def on_machine(
+        self, leg: ConsultLeg, verdict: AnswerVerdict, heard: asyncio.Queue[Heard]
     ) -> Decision:
         """A machine answered: leave the message on a voicemail if asked, then report it."""
         via = f"answer detection: {verdict.kind}, {verdict.why}"
@@ -227,15 +227,15 @@ class ScriptedConsultant:
             await asyncio.gather(*upcoming, return_exceptions=True)
 
 
-async def _read_keys(leg: ConsultLeg, heard: asyncio.Queue[_Heard]) -> None:
+async def read_keys(leg: ConsultLeg, heard: asyncio.Queue[Heard]) -> None:
     try:
         while True:
-            heard.put_nowait(_Heard("key", await leg.next_key()))
+            heard.put_nowait(Heard("key", await leg.next_key()))
     except LegGone as exc:
-        heard.put_nowait(_Heard("gone", str(exc)))
+        heard.put_nowait(Heard("gone", str(exc)))
 
 
-class _Ears:
+class Ears:
     """The consult's listening: spoken answers, answer detection, and the end of a greeting.
 
     One task reads the human's frames; the spotter's session (one decoder) serves both the
@@ -246,7 +246,7 @@ class _Ears:
     def __init__(
         self,
         leg: ConsultLeg,
-        heard: asyncio.Queue[_Heard],
+        heard: asyncio.Queue[Heard],
         spotter: KeywordSpotter | None,
         detector: AnswerDetector | None,
     ) -> None:
@@ -284,7 +284,7 @@ class _Ears:
                 hits = await session.feed(frame) if session is not None else []
                 self._seconds += len(frame) / PHONE_RATE
                 for hit in hits:
-                    self.heard.put_nowait(_Heard("said", hit.phrase))
+                    self.heard.put_nowait(Heard("said", hit.phrase))
                 self._judge(frame, hits)
 
     def _judge(self, frame: NDArray[np.int16], hits: list[Spotted]) -> None:
@@ -294,7 +294,7 @@ class _Ears:
             if verdict is not None:
                 log.info("answered by: %s (%s, at %.2f s)", verdict.kind, verdict.why, verdict.at)
                 self.person = not verdict.kind.is_machine
-                self.heard.put_nowait(_Heard("answer", verdict.kind, verdict))
+                self.heard.put_nowait(Heard("answer", verdict.kind, verdict))
                 if verdict.kind is AnswerKind.VOICEMAIL:
                     self._vad = VoiceActivityDetector(hangover_ms=300)
                     self._beep = answer.beep
@@ -321,10 +321,10 @@ class _Ears:
 
     def _over(self) -> None:
         self._greeting_over = True
-        self.heard.put_nowait(_Heard("greeting_over"))
+        self.heard.put_nowait(Heard("greeting_over"))
 
 
-async def _stop(leg: ConsultLeg, task: asyncio.Future[None]) -> None:
+async def stop_speaking(leg: ConsultLeg, task: asyncio.Future[None]) -> None:
     """Stop speaking at once (a key was pressed) and wait for the speaking task to wind down."""
     leg.stop_playback()
     if not task.done():
