@@ -100,34 +100,24 @@ async def transfer_and_accept(
     await human.wait_event("CALL_CLOSED", timeout=10)
 
 
-async def test_caller_on_tcp_and_human_on_tls(
+@pytest.mark.parametrize(
+    ("caller_transport", "human_transport"),
+    [("tcp", "tls"), ("tls", "tcp")],  # the engine as TLS client, then as TLS server
+)
+async def test_a_warm_transfer_across_stream_transports(
     running: Running,
     tmp_path: Path,
     caller_wav: Path,
     human_wav: Path,
     certs: dict[str, Path],
+    caller_transport: str,
+    human_transport: str,
     need_baresip: None,
 ) -> None:
     async with (
-        phone(tmp_path, "caller", "tcp", caller_wav, certs) as caller,
-        phone(tmp_path, "human", "tls", human_wav, certs, auto_answer=True) as human,
+        phone(tmp_path, "caller", caller_transport, caller_wav, certs) as caller,
+        phone(tmp_path, "human", human_transport, human_wav, certs, auto_answer=True) as human,
     ):
-        assert human.uri.endswith(";transport=tls")
-        await transfer_and_accept(running, caller, human, "tcp")
-        assert transports_used(running) == {"tcp", "tls"}
-
-
-async def test_caller_on_tls_and_human_on_tcp(
-    running: Running,
-    tmp_path: Path,
-    caller_wav: Path,
-    human_wav: Path,
-    certs: dict[str, Path],
-    need_baresip: None,
-) -> None:
-    async with (
-        phone(tmp_path, "caller", "tls", caller_wav, certs) as caller,
-        phone(tmp_path, "human", "tcp", human_wav, certs, auto_answer=True) as human,
-    ):
-        await transfer_and_accept(running, caller, human, "tls")
+        assert human.uri.endswith(f";transport={human_transport}")
+        await transfer_and_accept(running, caller, human, caller_transport)
         assert transports_used(running) == {"tcp", "tls"}

@@ -58,6 +58,8 @@ from warmtransfer.consult.chat import ChatClient, ChatError, ChatReply
 from warmtransfer.consult.llm_summary import call_data
 from warmtransfer.consult.ports import Briefing, ConsultLeg, Decision, LegGone, Verdict
 from warmtransfer.consult.scripted import (
+    INSTRUCTIONS,
+    INTRO,
     Ears,
     Heard,
     ScriptedConsultant,
@@ -231,16 +233,13 @@ class LlmConsultant:
         answer_detector: AnswerDetector | None = None,
         voicemail_message: str | None = None,
         system_prompt: str = SYSTEM_PROMPT,
-        intro: str = "Hello, this is the virtual assistant with a call transfer.",
+        intro: str = INTRO,
         question: str = (
             "You can ask me about the call. Will you take it? You can also press 1 to take it "
             "or 2 to decline."
         ),
         fallback_notice: str = "Sorry, I cannot answer questions about this call right now.",
-        fallback_instructions: str = (
-            "Press 1 or say yes to take the call, or press 2 or say no to decline. "
-            "Press 9 or say repeat to hear this again."
-        ),
+        fallback_instructions: str = INSTRUCTIONS,
         not_heard: str = "Sorry, I did not catch that.",
         accept_key: str = "1",
         decline_key: str = "2",

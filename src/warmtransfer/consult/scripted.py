@@ -38,6 +38,11 @@ from warmtransfer.speech.vad import SpeechEnded, SpeechStarted, VoiceActivityDet
 
 log = logging.getLogger(__name__)
 
+INTRO = "Hello, this is the virtual assistant with a call transfer."
+INSTRUCTIONS = (
+    "Press 1 or say yes to take the call, or press 2 or say no to decline. "
+    "Press 9 or say repeat to hear this again."
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 GREETING_WAIT = 30.0  # the longest we wait for a voicemail greeting to end before speaking
 GREETING_OVER_SILENCE = 1.0  # quiet after a greeting (with no beep) that means "record now"
@@ -71,11 +76,8 @@ class ScriptedConsultant:
         self,
         tts: TextToSpeech,
         *,
-        intro: str = "Hello, this is the virtual assistant with a call transfer.",
-        instructions: str = (
-            "Press 1 or say yes to take the call, or press 2 or say no to decline. "
-            "Press 9 or say repeat to hear this again."
-        ),
+        intro: str = INTRO,
+        instructions: str = INSTRUCTIONS,
         caller_left: str = "The caller has hung up, so there is no call to take. Goodbye.",
         caller_cancelled: str = "The caller no longer wants to wait. Goodbye.",
         accept_key: str = "1",
