@@ -34,29 +34,12 @@ from warmtransfer.media.wav import read_wav, write_wav
 from warmtransfer.sip.call import Call, CallFailed, OutgoingCall
 from warmtransfer.sip.useragent import UserAgent
 from warmtransfer.speech.tts import TextToSpeech
-from warmtransfer.transfer.outcome import BridgeFailed, DialFailed, Reason
+from warmtransfer.transfer.outcome import BridgeFailed, DialFailed, Reason, reason_for_status
 from warmtransfer.transfer.plan import HoldAudio
 from warmtransfer.transfer.ports import CallerLeg, TargetLeg
 from warmtransfer.transfer.target import Target
 
 log = logging.getLogger(__name__)
-
-
-def reason_for_status(status: int | None, *, ring_timeout: bool = False) -> Reason:
-    """Map a final SIP response to a failure reason an app can act on."""
-    if ring_timeout:
-        return Reason.NO_ANSWER
-    if status is None:
-        return Reason.UNREACHABLE
-    if status in (486, 600):
-        return Reason.BUSY
-    if status == 603:
-        return Reason.DECLINED
-    if status in (480, 487):
-        return Reason.NO_ANSWER
-    if status in (404, 408, 410, 484, 502, 503, 504, 604):
-        return Reason.UNREACHABLE
-    return Reason.REJECTED
 
 
 @lru_cache(maxsize=8)

@@ -33,6 +33,25 @@ class Reason(StrEnum):
     ERROR = "error"
 
 
+def reason_for_status(status: int | None, *, ring_timeout: bool = False) -> Reason:
+    """Map a final SIP response to a failure reason an app can act on; one table for every
+    backend. `ring_timeout`: the attempt was given up for ringing too long (our CANCEL, or a
+    408 that a backend knows to mean that)."""
+    if ring_timeout:
+        return Reason.NO_ANSWER
+    if status is None:
+        return Reason.UNREACHABLE
+    if status in (486, 600):
+        return Reason.BUSY
+    if status == 603:
+        return Reason.DECLINED
+    if status in (480, 487):
+        return Reason.NO_ANSWER
+    if status in (404, 408, 410, 484, 502, 503, 504, 604):
+        return Reason.UNREACHABLE
+    return Reason.REJECTED
+
+
 class DialFailed(Exception):
     """A dial attempt ended without an answered leg. Raised by every backend's dialer."""
 
