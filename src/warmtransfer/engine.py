@@ -12,15 +12,24 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from warmtransfer.backends.sip import SipBridge, SipCallerLeg, SipDialer
+from warmtransfer.consult.chat import ChatClient
+from warmtransfer.consult.llm import LlmConsultant
 from warmtransfer.consult.ports import Briefing, Consultant
 from warmtransfer.consult.scripted import ScriptedConsultant
 from warmtransfer.media.clock import PacingClock
 from warmtransfer.media.hold_music import hold_music
 from warmtransfer.sip.call import Call, IncomingCall
+from warmtransfer.sip.digest import Credentials
+from warmtransfer.sip.session_timer import SessionTimerConfig
 from warmtransfer.sip.transports import TlsConfig
-from warmtransfer.sip.useragent import UserAgent
+from warmtransfer.sip.useragent import InboundPolicy, UserAgent
 from warmtransfer.speech.answering import MACHINE_PHRASES, AnswerDetector
-from warmtransfer.speech.stt import DEFAULT_PHRASES, KeywordSpotter
+from warmtransfer.speech.stt import (
+    DEFAULT_PHRASES,
+    KeywordSpotter,
+    PocketsphinxSTT,
+    SpeechToText,
+)
 from warmtransfer.speech.tts import PiperTTS, TextToSpeech
 from warmtransfer.transfer.driver import WarmTransfer
 from warmtransfer.transfer.events import TransferEvent
@@ -44,33 +53,74 @@ class Engine:
         spoken_answers: bool = True,
         answer_detection: bool = True,
         voicemail_message: str | None = None,
+        credentials: Credentials | None = None,
+        inbound: InboundPolicy | None = None,
+        advertised_host: str | None = None,
+        session_timer: SessionTimerConfig | None = SessionTimerConfig(),  # noqa: B008 (frozen)
+        chat: ChatClient | None = None,
+        stt: SpeechToText | None = None,
     ) -> None:
         """`listen` and `tls`: the SIP transports, as for `UserAgent` (UDP and TCP share
-        `port`; TLS listens on `tls.port`).
+        `port`; TLS listens on `tls.port`). `credentials` (answering a trunk's challenges),
+        `inbound` (who may call us), `advertised_host` (the public IP behind a NAT) and
+        `session_timer` are passed to the `UserAgent` as they are, so a config file can set
+        every option of the embedded SIP stack.
 
         For the default (scripted) consultant: `spoken_answers` lets the human say yes, no or
         repeat as well as press keys; `answer_detection` recognises voicemail and phone trees
         (never bridged); `voicemail_message` is left on a voicemail after its beep. Both
         listen with one offline keyword spotter (pocketsphinx, ~27 MB per call being
-        consulted, loaded in `start`)."""
+        consulted, loaded in `start`).
+
+        `chat`: with no `consultant`, the default one is the LLM-driven `LlmConsultant` on this
+        model instead of the scripted one (same spoken answers, answer detection and voicemail
+        message, as its fallback); `stt` writes down the human's turns for it (None = offline
+        pocketsphinx, made and closed by the engine). The engine builds it, rather than the
+        caller, because the keyword spotter both consultants share is the engine's to close."""
         self.clock = PacingClock()
         self.ua = UserAgent(
-            host, port, user=user, clock=self.clock, name="engine", listen=listen, tls=tls
+            host,
+            port,
+            user=user,
+            clock=self.clock,
+            name="engine",
+            listen=listen,
+            tls=tls,
+            credentials=credentials,
+            inbound=inbound,
+            advertised_host=advertised_host,
+            session_timer=session_timer,
         )
         self.tts: TextToSpeech = tts if tts is not None else PiperTTS()
         self.spotter: KeywordSpotter | None = None
+        self.stt: SpeechToText | None = None
+        self._own_stt: PocketsphinxSTT | None = None
         if consultant is None:
             phrases = {
                 **(DEFAULT_PHRASES if spoken_answers else {}),
                 **(MACHINE_PHRASES if answer_detection else {}),
             }
             self.spotter = KeywordSpotter(phrases) if phrases else None
-            consultant = ScriptedConsultant(
-                self.tts,
-                spotter=self.spotter,
-                answer_detector=AnswerDetector(self.spotter) if answer_detection else None,
-                voicemail_message=voicemail_message,
-            )
+            detector = AnswerDetector(self.spotter) if answer_detection else None
+            if chat is not None:
+                if stt is None:
+                    stt = self._own_stt = PocketsphinxSTT()
+                self.stt = stt
+                consultant = LlmConsultant(
+                    chat,
+                    self.tts,
+                    stt,
+                    spotter=self.spotter,
+                    answer_detector=detector,
+                    voicemail_message=voicemail_message,
+                )
+            else:
+                consultant = ScriptedConsultant(
+                    self.tts,
+                    spotter=self.spotter,
+                    answer_detector=detector,
+                    voicemail_message=voicemail_message,
+                )
         self.consultant: Consultant = consultant
         self.dialer = SipDialer(self.ua)
         self.bridge = SipBridge(self.spawn)
@@ -81,7 +131,7 @@ class Engine:
         """Check the speech providers, then listen. A provider that is misconfigured or
         unreachable (no model, no API key, wrong base URL) fails here with an error naming it
         and what to set: before any call is answered, not on the first transfer."""
-        for provider in (self.tts, self.spotter):
+        for provider in (self.tts, self.spotter, self.stt):
             check = getattr(provider, "check", None)
             if check is not None:
                 result = check()
@@ -106,6 +156,8 @@ class Engine:
         await self.ua.close()
         if self.spotter is not None:
             self.spotter.close()
+        if self._own_stt is not None:
+            self._own_stt.close()
 
     async def __aenter__(self) -> Engine:
         return await self.start()

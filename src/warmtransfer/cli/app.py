@@ -50,6 +50,48 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    call_id: Annotated[str, typer.Argument(help="the caller's SIP Call-ID")],
+    records: Annotated[Path, typer.Option("--records", help="the records store (SQLite file)")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="the HTML file to write (default: by call id)")
+    ] = None,
+) -> None:
+    """Write one call's record as a self-contained HTML page: timeline, SIP ladder, audio."""
+    import re
+
+    from warmtransfer.server.report import write_report
+
+    target = out or Path(f"warmtransfer-call-{re.sub(r'[^A-Za-z0-9_.-]+', '_', call_id)}.html")
+    try:
+        written = write_report(records, call_id, target)
+    except (FileNotFoundError, LookupError) as exc:  # a Call-ID is never read as rich markup
+        Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"wrote {written}", markup=False, highlight=False)
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="the service's config file (TOML)")],
+) -> None:
+    """Validate a config file and print what it sets up; exit 0 if it is usable, 2 if not."""
+    from warmtransfer.config import ConfigError
+    from warmtransfer.config import check_config as check
+    from warmtransfer.config.summary import describe
+
+    try:
+        config = check(file)
+    except ConfigError as exc:
+        errors = Console(stderr=True)
+        for problem in exc.problems:  # markup=False: config text is never read as rich markup
+            errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(describe(config))
+    console.print(f"{file}: OK", markup=False, highlight=False)
+
+
 @app.callback()
 def _root() -> None:
     """warmtransfer"""

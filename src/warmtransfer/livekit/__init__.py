@@ -17,6 +17,8 @@ _EXPORTS = {
     "WarmTransferResult": "warmtransfer.livekit.task",
     "TransferFailedError": "warmtransfer.livekit.task",
     "default_plan": "warmtransfer.livekit.task",
+    "RoomsBackend": "warmtransfer.livekit.task",
+    "SipBackend": "warmtransfer.livekit.sip_io",
     "MergeMode": "warmtransfer.livekit.rooms",
     "RoomCallerLeg": "warmtransfer.livekit.rooms",
     "RoomDialer": "warmtransfer.livekit.rooms",
@@ -41,7 +43,9 @@ __all__ = [
     "RoomDialer",
     "RoomTargetLeg",
     "RoomView",
+    "RoomsBackend",
     "SessionConsultant",
+    "SipBackend",
     "SipOrigin",
     "SttAdapter",
     "TransferFailedError",
@@ -61,7 +65,9 @@ if TYPE_CHECKING:
         RoomTargetLeg,
         SipOrigin,
     )
+    from warmtransfer.livekit.sip_io import SipBackend
     from warmtransfer.livekit.task import (
+        RoomsBackend,
         TransferFailedError,
         WarmTransferResult,
         WarmTransferTask,

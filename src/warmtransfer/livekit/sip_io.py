@@ -22,6 +22,11 @@ talks over the hold music, exactly as for any other AI on the leg.
   with the cheap webrtcvad `VadAdapter` and VAD turn detection unless told otherwise (livekit's
   defaults load silero and a turn-detector model, ~250 MB), and close it when the caller hangs
   up, leaving nothing running.
+- `SipBackend`: what `WarmTransferTask` needs to run on such a call (the engine, the caller's
+  `SipCallerLeg`, the consultant). `run_agent_on_call` registers one for its session, so the
+  task an agent awaits there transfers over SIP with no argument changed; `sip_backend(session)`
+  finds it. When a transfer completes the caller is with the human: the backend's `hand_over`
+  closes the session (the agent has left the call), as a hang-up does.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +51,7 @@ from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabili
 from numpy.typing import NDArray
 
 from warmtransfer.backends.sip import SipCallerLeg
+from warmtransfer.consult.ports import Consultant
 from warmtransfer.engine import Engine
 from warmtransfer.livekit.plugins import VadAdapter, frame_samples
 from warmtransfer.media.audio import PHONE_RATE, AudioClip
@@ -52,7 +59,14 @@ from warmtransfer.media.player import Playback
 from warmtransfer.sip.call import Call
 from warmtransfer.speech.pcm import StreamResampler
 
-__all__ = ["AudioInputFromLeg", "AudioOutputToLeg", "agent_on_call", "run_agent_on_call"]
+__all__ = [
+    "AudioInputFromLeg",
+    "AudioOutputToLeg",
+    "SipBackend",
+    "agent_on_call",
+    "run_agent_on_call",
+    "sip_backend",
+]
 
 
 class AudioInputFromLeg(AudioInput):
@@ -263,6 +277,27 @@ class AudioOutputToLeg(AudioOutput):
 # -- sessions on calls ------------------------------------------------------------------------
 
 
+@dataclass
+class SipBackend:
+    """What `WarmTransferTask` runs on when its agent is on a call of the embedded engine: the
+    engine's dialer and bridge, this call's caller leg, and the consultant (default: the
+    engine's). `hand_over` is called once the caller and the human are joined."""
+
+    engine: Engine
+    caller: SipCallerLeg
+    consultant: Consultant | None = None
+    hand_over: Callable[[], None] | None = None
+
+
+#: The SIP backend of each session started by `run_agent_on_call` / `agent_on_call`.
+_BACKENDS: weakref.WeakKeyDictionary[AgentSession[Any], SipBackend] = weakref.WeakKeyDictionary()
+
+
+def sip_backend(session: AgentSession[Any]) -> SipBackend | None:
+    """The SIP backend of a session running on an engine's call, None for any other session."""
+    return _BACKENDS.get(session)
+
+
 def _session(
     stt: lk_stt.STT[Any] | None,
     tts: lk_tts.TTS[Any] | None,
@@ -292,13 +327,31 @@ def _session(
 class AgentOnCall:
     """A livekit session wired to one caller leg, and what it takes to close it cleanly."""
 
-    def __init__(self, leg: SipCallerLeg, session: AgentSession[Any]) -> None:
+    def __init__(
+        self,
+        leg: SipCallerLeg,
+        session: AgentSession[Any],
+        engine: Engine | None = None,
+        consultant: Consultant | None = None,
+    ) -> None:
         self.leg = leg
         self.session = session
         self.audio_input = AudioInputFromLeg(leg)
         self.audio_output = AudioOutputToLeg(leg)
         self._session_closed = asyncio.Event()
+        self._handed_over = asyncio.Event()
         self._closed = False
+        if engine is not None:
+            _BACKENDS[session] = SipBackend(engine, leg, consultant, self.hand_over)
+
+    @property
+    def handed_over(self) -> bool:
+        """A transfer joined the caller with a human: the agent has left (or is leaving)."""
+        return self._handed_over.is_set()
+
+    def hand_over(self) -> None:
+        """The caller is with a human now: the watcher closes the session."""
+        self._handed_over.set()
 
     async def start(self, agent: Agent) -> None:
         self.session.on("close", self._on_session_close)
@@ -314,10 +367,12 @@ class AgentOnCall:
         self._session_closed.set()
 
     async def watch(self) -> None:
-        """Until the caller hangs up (or the session closes by itself); then close it."""
+        """Until the caller hangs up, is handed over to a human, or the session closes by
+        itself; then close it."""
         waits = [
             asyncio.ensure_future(self.leg.wait_hangup()),
             asyncio.ensure_future(self._session_closed.wait()),
+            asyncio.ensure_future(self._handed_over.wait()),
         ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -335,8 +390,11 @@ class AgentOnCall:
         self._closed = True
         self.audio_input.close()
         self.audio_output.clear_buffer()
-        await self.session.aclose()
-        self.session.off("close", self._on_session_close)
+        try:
+            await self.session.aclose()
+        finally:
+            self.session.off("close", self._on_session_close)
+            _BACKENDS.pop(self.session, None)
 
 
 async def _start(
@@ -347,10 +405,11 @@ async def _start(
     tts: lk_tts.TTS[Any] | None,
     llm: lk_llm.LLM[Any] | None,
     vad: lk_vad.VAD | None,
+    consultant: Consultant | None,
     options: dict[str, Any],
 ) -> AgentOnCall:
     leg = call if isinstance(call, SipCallerLeg) else engine.caller_leg(call)
-    running = AgentOnCall(leg, _session(stt, tts, llm, vad, options))
+    running = AgentOnCall(leg, _session(stt, tts, llm, vad, options), engine, consultant)
     await running.start(agent)
     return running
 
@@ -364,6 +423,7 @@ async def run_agent_on_call(
     tts: lk_tts.TTS[Any] | None,
     llm: lk_llm.LLM[Any] | None,
     vad: lk_vad.VAD | None = None,
+    consultant: Consultant | None = None,
     **session_options: Any,
 ) -> AgentSession[Any]:
     """Run `agent` on an answered call; the session closes itself when the caller hangs up.
@@ -371,8 +431,12 @@ async def run_agent_on_call(
     Pass the `SipCallerLeg` the app transfers with (rather than the bare `Call`) so that hold
     mutes this agent; with a `Call`, a leg is made with `engine.caller_leg`. The hang-up
     watcher is one of the engine's tasks: `engine.close()` also closes the session.
-    `session_options` go to `AgentSession` (e.g. `turn_handling`, `userdata`)."""
-    running = await _start(engine, call, agent, stt, tts, llm, vad, session_options)
+    `session_options` go to `AgentSession` (e.g. `turn_handling`, `userdata`).
+
+    A `WarmTransferTask` the agent awaits runs on this call's SIP ports (`SipBackend`): the
+    engine dials and bridges, `consultant` (default: the engine's) briefs the human. Once a
+    transfer has joined the caller and the human, the session closes: the agent has left."""
+    running = await _start(engine, call, agent, stt, tts, llm, vad, consultant, session_options)
     engine.spawn(running.watch())
     return running.session
 
@@ -387,11 +451,13 @@ async def agent_on_call(
     tts: lk_tts.TTS[Any] | None,
     llm: lk_llm.LLM[Any] | None,
     vad: lk_vad.VAD | None = None,
+    consultant: Consultant | None = None,
     **session_options: Any,
 ) -> AsyncIterator[AgentOnCall]:
-    """`run_agent_on_call` as a scope: the session is closed when the caller hangs up or when
-    the block exits, whichever is first, and its watcher has ended when the block is left."""
-    running = await _start(engine, call, agent, stt, tts, llm, vad, session_options)
+    """`run_agent_on_call` as a scope: the session is closed when the caller hangs up, is handed
+    over to a human, or the block exits, whichever is first; its watcher has ended when the
+    block is left."""
+    running = await _start(engine, call, agent, stt, tts, llm, vad, consultant, session_options)
     watcher = asyncio.ensure_future(running.watch())
     try:
         yield running

@@ -22,6 +22,23 @@ The allow-list: without a plan, the task builds one whose allow-list is exactly 
 the app chose the destination when it built the task, not the model. With a plan, a
 `sip_call_to` becomes its first target and must pass the plan's allow-list. Either way the check
 runs in the constructor, before any API call: `DestinationNotAllowed` is raised there.
+
+Two backends, picked when the task starts (`on_enter`), so the same line works in both:
+
+- On a call answered by warmtransfer's embedded SIP engine (`sip_io.run_agent_on_call`, no
+  LiveKit server), the session carries a `SipBackend`: the caller's `SipCallerLeg` is held (the
+  session's audio is gated off with it), `engine.dialer` dials `sip_call_to` (a SIP URI), the
+  engine's consultant briefs the human (keys 1 accept, 2 decline; spoken answers and answer
+  detection if the engine has them) and `engine.bridge` joins them. The briefing's summary is
+  the offline extractive summary of `chat_ctx`. A completed transfer hands the caller over and
+  closes the session: the agent has left the call (its tool's return value is never spoken).
+  `human_agent_identity` is the URI of the human who accepted.
+- Otherwise the LiveKit rooms backend, built from the job (or `backend=RoomsBackend(...)`).
+  Only this backend needs an outbound trunk (`sip_trunk_id`, `sip_connection` or
+  `LIVEKIT_SIP_OUTBOUND_TRUNK`), and only it refuses `caller_keys.can_leave_message`; both are
+  checked when it is picked, before any API call, and fail the tool with a `ToolError`.
+
+`backend=` picks one explicitly (a `RoomsBackend` or a `SipBackend`).
 """
 
 from __future__ import annotations
@@ -48,6 +65,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import is_given
 
 from warmtransfer.consult.ports import Briefing, Turn
+from warmtransfer.consult.summary import ExtractiveSummarizer
 from warmtransfer.livekit.consult import SessionConsultant
 from warmtransfer.livekit.ports import CallerRoom, RoomConnector, SessionStarter
 from warmtransfer.livekit.rooms import (
@@ -58,6 +76,7 @@ from warmtransfer.livekit.rooms import (
     SipOrigin,
     target_uri,
 )
+from warmtransfer.livekit.sip_io import SipBackend, sip_backend
 from warmtransfer.transfer.driver import WarmTransfer
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import Completed, Failed, Reason, TransferOutcome
@@ -66,6 +85,7 @@ from warmtransfer.transfer.target import AllowList, Target
 
 __all__ = [
     "RoomsBackend",
+    "SipBackend",
     "TransferFailedError",
     "WarmTransferResult",
     "WarmTransferTask",
@@ -188,7 +208,7 @@ class WarmTransferTask(AgentTask[WarmTransferResult]):
         plan: TransferPlan | None = None,
         merge: MergeMode = "move",
         caller_identity: str | None = None,
-        backend: RoomsBackend | None = None,
+        backend: RoomsBackend | SipBackend | None = None,
         on_event: Callable[[TransferEvent], None] | None = None,
     ) -> None:
         if is_given(target_phone_number) and not is_given(sip_call_to):
@@ -205,9 +225,9 @@ class WarmTransferTask(AgentTask[WarmTransferResult]):
             sip_number=sip_number if is_given(sip_number) else os.getenv("LIVEKIT_SIP_NUMBER"),
             hold_silent=is_given(hold_audio) and hold_audio is None,
         )
-        if self._plan.caller_keys.can_leave_message:
-            raise ValueError("the LiveKit rooms backend cannot record messages yet")
         self._plan.check_allowed()  # before any API call: DestinationNotAllowed
+        if isinstance(backend, RoomsBackend) and self._plan.caller_keys.can_leave_message:
+            raise ValueError("the LiveKit rooms backend cannot record messages yet")
 
         connection = sip_connection if is_given(sip_connection) else None
         if is_given(sip_trunk_id):
@@ -216,11 +236,6 @@ class WarmTransferTask(AgentTask[WarmTransferResult]):
             trunk = None
         else:
             trunk = os.getenv("LIVEKIT_SIP_OUTBOUND_TRUNK")
-        if trunk is None and connection is None:
-            raise ValueError(
-                "`LIVEKIT_SIP_OUTBOUND_TRUNK` environment variable, `sip_trunk_id`,"
-                " or `sip_connection` must be set"
-            )
         self._origin = SipOrigin(
             trunk_id=trunk,
             connection=connection,
@@ -317,23 +332,73 @@ class WarmTransferTask(AgentTask[WarmTransferResult]):
             on_shutdown=lambda close: job.add_shutdown_callback(close),
         )
 
+    def _pick_backend(self) -> RoomsBackend | SipBackend:
+        """The backend given, else the SIP call this session runs on, else the LiveKit job."""
+        if self._backend is not None:
+            return self._backend
+        on_call = sip_backend(self.session)
+        if on_call is not None:
+            return on_call
+        self._check_rooms()
+        return self._backend_from_job()
+
+    def _check_rooms(self) -> None:
+        """What only the rooms backend needs, checked before it makes any API call."""
+        if self._plan.caller_keys.can_leave_message:
+            raise ValueError("the LiveKit rooms backend cannot record messages yet")
+        if self._origin.trunk_id is None and self._origin.connection is None:
+            raise ValueError(
+                "`LIVEKIT_SIP_OUTBOUND_TRUNK` environment variable, `sip_trunk_id`,"
+                " or `sip_connection` must be set"
+            )
+
     async def on_enter(self) -> None:
         try:
-            backend = self._backend or self._backend_from_job()
+            backend = self._pick_backend()
         except Exception as exc:
             log.exception("warm transfer could not start")
             self.complete(ToolError(f"warm transfer could not start: {exc}"))
             return
         outcome = await self.run_transfer(backend)
         self.outcome = outcome
-        if isinstance(outcome, Completed):
+        if not isinstance(outcome, Completed):
+            self.complete(TransferFailedError(outcome))
+        elif isinstance(backend, SipBackend):
+            self.complete(WarmTransferResult(human_agent_identity=outcome.target.uri))
+            if backend.hand_over is not None:
+                backend.hand_over()  # the caller is with the human: the agent leaves the call
+        else:
             joined = self.bridge.joined[-1] if self.bridge and self.bridge.joined else ""
             self.complete(WarmTransferResult(human_agent_identity=joined))
-        else:
-            self.complete(TransferFailedError(outcome))
 
-    async def run_transfer(self, backend: RoomsBackend) -> TransferOutcome:
-        """Run the core's driver over the rooms ports; release the caller side on every exit."""
+    async def run_transfer(self, backend: RoomsBackend | SipBackend) -> TransferOutcome:
+        """Run the core's driver over the backend's ports; release the caller side on every
+        exit."""
+        if isinstance(backend, SipBackend):
+            return await self._run_on_sip(backend)
+        self._check_rooms()
+        return await self._run_on_rooms(backend)
+
+    async def _run_on_sip(self, backend: SipBackend) -> TransferOutcome:
+        """The engine's SIP ports: the call's caller leg, its dialer, bridge and consultant."""
+        engine = backend.engine
+        briefing = Briefing(
+            summary=ExtractiveSummarizer().compose(self._turns, {}) if self._turns else "",
+            transcript=self._turns,
+        )
+        self.transfer = engine.transfer(
+            backend.caller,
+            self._plan,
+            briefing,
+            on_event=self._on_event,
+            consultant=backend.consultant,
+        )
+        try:
+            return await self.transfer.run()
+        finally:
+            engine.transfers.pop(self.transfer.transfer_id, None)
+
+    async def _run_on_rooms(self, backend: RoomsBackend) -> TransferOutcome:
         caller = RoomCallerLeg(backend.caller_room, backend.api)
         self.dialer = RoomDialer(
             backend.api, backend.connector, backend.caller_room.view, self._origin, self._merge
