@@ -92,6 +92,38 @@ def check_config(
     console.print(f"{file}: OK", markup=False, highlight=False)
 
 
+@app.command()
+def serve(
+    config_file: Annotated[Path, typer.Option("--config", help="the service's config (TOML)")],
+    drain_timeout: Annotated[
+        float,
+        typer.Option("--drain-timeout", min=0, help="on SIGTERM: seconds calls may go on"),
+    ] = 30.0,
+) -> None:
+    """Run the service: answer calls with the configured agent, warm-transfer them to humans.
+    SIGTERM refuses new calls (503), lets calls finish for --drain-timeout, then ends them."""
+    from warmtransfer.config import ConfigError
+    from warmtransfer.config import check_config as check
+    from warmtransfer.server.service import Service
+
+    try:  # the same checks and errors as check-config, before any socket is opened
+        config = check(config_file)
+    except ConfigError as exc:
+        errors = Console(stderr=True)
+        for problem in exc.problems:
+            errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if config.agent.entrypoint == "scripted" and not config.plans:
+        Console(stderr=True).print(
+            f"error: {config_file}: the scripted agent transfers with a plan; add a [plans.NAME]",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _run(Service(config, drain_timeout=drain_timeout).run())
+
+
 @app.callback()
 def _root() -> None:
     """warmtransfer"""

@@ -16,16 +16,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import numpy as np
-from numpy.typing import NDArray
-
 from warmtransfer.backends.sip import SipCallerLeg
 from warmtransfer.consult.briefing import SummarizedBriefing, build_briefing
 from warmtransfer.consult.ports import Turn
 from warmtransfer.consult.summary import ExtractiveSummarizer
 from warmtransfer.engine import Engine
-from warmtransfer.media.audio import PHONE_RATE, AudioClip
-from warmtransfer.media.levels import EndOfSpeech
+from warmtransfer.server.conversation import failure_words, read_digits, record_turn
 from warmtransfer.speech.stt import KeywordSpotter, PocketsphinxSTT
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import Failed, Reason, TransferOutcome
@@ -47,16 +43,6 @@ INTENTS = {
     "internet": "an internet problem",
 }
 """What the caller may say -> what the call is about (keyword spotting on the caller's turn)."""
-
-FAILURE_WORDS = {
-    Reason.DECLINED: "they could not take the call just now",
-    Reason.BUSY: "the line was busy",
-    Reason.NO_ANSWER: "nobody answered",
-    Reason.TARGET_HUNG_UP: "they had to hang up",
-    Reason.CONSULT_TIMEOUT: "they did not pick up the transfer in time",
-    Reason.VOICEMAIL: "I reached a voicemail",
-    Reason.CANCELLED_BY_CALLER: "you asked to stop waiting",
-}
 
 
 def intent_of(meanings: list[str]) -> str:
@@ -103,19 +89,9 @@ class ScriptedAgent:
 
     async def hear_turn(self, leg: SipCallerLeg, timeout: float = 20.0) -> str:
         """Record the caller's turn until they pause, then transcribe it and spot its topics."""
-        done = asyncio.Event()
-        detector = EndOfSpeech(silence_ms=700)
-        frames: list[NDArray[np.int16]] = []
-
-        def sink(frame: NDArray[np.int16]) -> None:
-            frames.append(frame.copy())
-            if detector.feed(frame):
-                done.set()
-
-        with leg.ai_listening(sink):
-            async with asyncio.timeout(timeout):
-                await done.wait()
-        clip = AudioClip(np.concatenate(frames), PHONE_RATE)
+        clip = await record_turn(leg, timeout)
+        if clip is None:
+            raise TimeoutError(f"the caller sent no audio in {timeout} s")
         text, hits = await asyncio.gather(self.stt.transcribe(clip), self.spotter.spot(clip))
         self.transcript.append(Turn("caller", text))
         self.narrate("ai", f'heard (pocketsphinx): "{text}"')
@@ -127,10 +103,7 @@ class ScriptedAgent:
 
     async def read_digits(self, leg: SipCallerLeg, timeout: float = 20.0) -> str:
         """Keys up to the pound key (the account number), as IVRs take it."""
-        digits = ""
-        async with asyncio.timeout(timeout):
-            while (key := await leg.next_key()) != "#":
-                digits += key
+        digits = await read_digits(leg, timeout)
         self.transcript.append(Turn("caller", f"(keyed in {digits})"))
         self.narrate("ai", f"read the keys: {digits}#")
         return digits
@@ -160,8 +133,7 @@ class ScriptedAgent:
         self.outcome = outcome
         if isinstance(outcome, Failed) and outcome.reason is Reason.MESSAGE_LEFT:
             await self.speak(leg, "Thank you, your message is recorded. We will call you back.")
-        elif isinstance(outcome, Failed) and outcome.reason is not Reason.CALLER_HUNG_UP:
-            why = FAILURE_WORDS.get(outcome.reason, "something went wrong on the line")
+        elif (why := failure_words(outcome)) is not None:
             await self.speak(
                 leg,
                 f"I'm back. I'm sorry, I couldn't connect you to billing: {why}. "

@@ -1,0 +1,329 @@
+"""`Service`: the long-running process `warmtransfer serve` is. It builds the engine from the
+config, registers at the trunk, opens the records store, and runs the configured agent on every
+inbound call, each in a `CallSession`.
+
+Shutdown (SIGTERM or SIGINT, or `stop()`), in this order:
+1. New calls are refused with ``503 Service Unavailable`` and ``Retry-After``: the SIP socket
+   stays open, since the calls in progress still need it (their BYEs, re-INVITEs, the humans'
+   legs), and a 503 tells a trunk or proxy to try another server at once, where a silent
+   socket would make it wait for a timeout.
+2. Calls in progress go on, up to the drain timeout: a transfer under way is finished, a caller
+   talking to a human keeps talking.
+3. At the timeout, each remaining call is ended with a BYE (its agent sees `LegGone`, a
+   transfer under way ends with the caller gone and releases the human's leg), its record is
+   completed, then the engine and the records store are closed, and `run()` returns (exit 0).
+
+Hooks for the parts that run beside the calls (HTTP API, webhooks, metrics): `hooks` are plain
+callbacks on a call's start and end and on every transfer event, and `companions` are async
+context managers entered once the engine listens and left after the last call ended, so an HTTP
+server answers for the whole life of the service, drain included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from warmtransfer.config.build import (
+    engine_from_config,
+    register_trunk,
+    speech_to_text,
+    summarizer_from_config,
+)
+from warmtransfer.config.load import resolve_agent
+from warmtransfer.config.model import Config
+from warmtransfer.consult.ports import LegGone
+from warmtransfer.engine import Engine
+from warmtransfer.server.recording import RecordedCall
+from warmtransfer.server.records import Records
+from warmtransfer.server.scripted_agent import ScriptedAgent
+from warmtransfer.server.session import CallSession
+from warmtransfer.sip.call import CallFailed, EndReason, IncomingCall
+from warmtransfer.sip.message import make_response
+from warmtransfer.speech.stt import PocketsphinxSTT, SpeechToText
+from warmtransfer.transfer.events import TransferEvent
+
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "Agent", "Service", "ServiceHooks", "ServiceState"]
+
+log = logging.getLogger("warmtransfer.service")
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+RETRY_AFTER = 30
+"""Seconds a refused caller is told to wait (Retry-After of the 503 while draining)."""
+END_GRACE = 5.0
+"""After the drain timeout: how long the ended calls get to finish their records."""
+HANGUP_GRACE = 10.0
+"""A caller hung up during a transfer: how long the transfer may take to notice and end."""
+
+Agent = Callable[[CallSession], Awaitable[Any]]
+"""What runs on each call: the built-in `ScriptedAgent`, or ``[agent] entrypoint``."""
+
+
+class ServiceState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class ServiceHooks:
+    """Callbacks for webhooks, metrics and the HTTP API; each is called on the event loop and
+    must not block. An exception in one is logged and does not touch the call."""
+
+    call_started: Callable[[CallSession], None] | None = None
+    call_ended: Callable[[CallSession], None] | None = None
+    transfer_event: Callable[[CallSession, TransferEvent], None] | None = None
+    state_changed: Callable[[ServiceState], None] | None = None
+
+
+class Service:
+    """Run `config` until stopped: ``await Service(config).run()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        hooks: ServiceHooks | None = None,
+        companions: Sequence[Callable[[Service], AbstractAsyncContextManager[Any]]] = (),
+        agent: Agent | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        """`agent` replaces the config's (tests, embedding); `handle_signals`: install the
+        SIGTERM/SIGINT handlers (off when the embedding application owns them)."""
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self.hooks = hooks or ServiceHooks()
+        self.companions = tuple(companions)
+        self.handle_signals = handle_signals
+        self.state = ServiceState.STARTING
+        self.engine: Engine | None = None
+        self.records: Records | None = None
+        self.sessions: dict[str, CallSession] = {}
+        self.ready = asyncio.Event()
+        self._agent = agent
+        self._stopping = asyncio.Event()
+        self._calls: set[asyncio.Task[None]] = set()
+        self.default_plan = next(iter(config.plans), None)
+        # [agent] has no `plan` key yet: the scripted agent transfers with the first plan.
+
+    # -- control ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin the graceful shutdown (safe to call more than once, from a signal handler)."""
+        if not self._stopping.is_set():
+            log.info("shutdown requested: refusing new calls, draining %d", len(self._calls))
+            self._stopping.set()
+
+    def _set_state(self, state: ServiceState) -> None:
+        self.state = state
+        log.info("service %s", state.value)
+        self._hook(self.hooks.state_changed, state)
+
+    def _hook(self, hook: Callable[..., None] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("a service hook failed")
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, take calls until `stop()` (or a signal), drain, close. Errors at start (a
+        port in use, a speech model missing, the trunk refusing us) raise."""
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            async with AsyncExitStack() as stack:
+                agent = await self._make_agent(stack)
+                stt = self._make_stt(stack)
+                engine = self.engine = engine_from_config(self.config)
+                await engine.start()
+                stack.push_async_callback(engine.close)
+                if self.config.records is not None:
+                    self.records = await Records.open(self.config.records.path)
+                    stack.push_async_callback(self.records.close)
+                registration = await register_trunk(engine, self.config)
+                if registration is not None:
+                    log.info("registered at %s", self.config.trunk and self.config.trunk.registrar)
+                for companion in self.companions:
+                    await stack.enter_async_context(companion(self))
+                self._set_state(ServiceState.RUNNING)
+                log.info("ready: taking calls at %s", engine.uri)
+                self.ready.set()
+                accepting = asyncio.ensure_future(self._accept(engine, agent, stt))
+                try:
+                    await self._stopping.wait()
+                    self._set_state(ServiceState.DRAINING)
+                    await self._drain()
+                finally:
+                    accepting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await accepting
+                    await self._end_calls()  # anything left (also when run() is cancelled)
+        finally:
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._set_state(ServiceState.STOPPED)
+
+    async def _make_agent(self, stack: AsyncExitStack) -> Agent:
+        if self._agent is not None:
+            return self._agent
+        function = resolve_agent(self.config)
+        if function is not None:
+            return function
+        if self.default_plan is None:
+            raise ValueError("the scripted agent needs a plan: add a [plans.NAME] section")
+        scripted = ScriptedAgent()
+        stack.callback(scripted.close)
+        await scripted.warm_up()
+        return scripted
+
+    def _make_stt(self, stack: AsyncExitStack) -> SpeechToText | None:
+        """What `CallSession.listen` transcribes with: the configured provider, or offline
+        pocketsphinx (loaded on first use, so a keys-only agent never pays for it)."""
+        configured = speech_to_text(self.config)
+        if configured is not None:
+            return configured
+        own = PocketsphinxSTT()
+        stack.callback(own.close)
+        return own
+
+    async def _accept(self, engine: Engine, agent: Agent, stt: SpeechToText | None) -> None:
+        while True:
+            call = await engine.next_call()
+            if self._stopping.is_set():
+                refuse(call)
+                continue
+            task = asyncio.ensure_future(self._serve_call(engine, call, agent, stt))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _drain(self) -> None:
+        if self._calls:
+            log.info("draining %d call(s), at most %.1f s", len(self._calls), self.drain_timeout)
+            _, pending = await asyncio.wait(set(self._calls), timeout=self.drain_timeout)
+            if pending:
+                log.info("drain timeout: ending %d call(s)", len(pending))
+        # New INVITEs are refused while draining, also after the last call ended and until the
+        # engine closes: an INVITE already queued must not wait in vain.
+
+    async def _end_calls(self) -> None:
+        """End every call still up with a BYE and let each finish its record (bounded)."""
+        if not self._calls:
+            return
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.hangup()
+        _, pending = await asyncio.wait(set(self._calls), timeout=END_GRACE)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- one call -----------------------------------------------------------------------------
+
+    async def _serve_call(
+        self, engine: Engine, call: IncomingCall, agent: Agent, stt: SpeechToText | None
+    ) -> None:
+        try:
+            await call.ring()
+            await call.answer()
+        except CallFailed as exc:
+            log.info("call %s not answered: %s", call.call_id, exc)
+            return
+        caller = str(call.caller.uri)
+        log.info("call %s from %s answered", call.call_id, caller)
+        try:
+            async with AsyncExitStack() as stack:
+                recorded = None
+                if self.records is not None:
+                    recorded = await stack.enter_async_context(
+                        RecordedCall(self.records, engine, call, caller=caller)
+                    )
+                session = CallSession(
+                    engine,
+                    call,
+                    plans=self.config.effective_plans,
+                    default_plan=self.default_plan,
+                    summarizer=summarizer_from_config(self.config),
+                    stt=stt,
+                    recorded=recorded,
+                    on_event=self.hooks.transfer_event and self._on_event,
+                )
+                self.sessions[call.call_id] = session
+                self._hook(self.hooks.call_started, session)
+                try:
+                    await self._run_agent(agent, session)
+                finally:
+                    del self.sessions[call.call_id]
+                    self._hook(self.hooks.call_ended, session)
+        except Exception:
+            log.exception("call %s: the agent failed", call.call_id)
+            await call.hangup()
+        log.info("call %s ended (%s)", call.call_id, call.end_reason or EndReason.LOCAL_BYE)
+
+    def _on_event(self, session: CallSession, event: TransferEvent) -> None:
+        self._hook(self.hooks.transfer_event, session, event)
+
+    async def _run_agent(self, agent: Agent, session: CallSession) -> None:
+        """Run the agent until it returns or the caller is gone; then the call ends: hung up
+        if the agent left it with the AI, or when caller or human hang up if it was handed
+        over."""
+        work = asyncio.ensure_future(_call_agent(agent, session))
+        ended = asyncio.ensure_future(session.call.wait_ended())
+        try:
+            await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # The caller hung up. A transfer under way notices and ends by itself (with
+                # its outcome recorded); any other wait of the agent is cut here.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HANGUP_GRACE):
+                        await session.idle.wait()
+                        await asyncio.wait({work}, timeout=0.5)
+            if work.done():
+                with contextlib.suppress(LegGone):
+                    work.result()
+            if session.transferred:
+                await session.call.wait_ended()
+            else:
+                await session.hangup()
+        finally:
+            for task in (work, ended):
+                task.cancel()
+            await asyncio.gather(work, ended, return_exceptions=True)
+
+
+async def _call_agent(agent: Agent, session: CallSession) -> None:
+    result = agent(session)
+    if inspect.isawaitable(result):
+        await result
+
+
+def refuse(call: IncomingCall) -> None:
+    """503 with Retry-After: we are shutting down, another server (or later) will answer.
+    (`IncomingCall.reject` takes no extra headers, so the response is made here.)"""
+    response = make_response(
+        call.invite,
+        503,
+        "Service Unavailable",
+        to_tag=call.local_tag,
+        extra=[("Retry-After", str(RETRY_AFTER))],
+    )
+    call.ua.respond(call.tx, response)
+    call._finish(EndReason.REJECTED, 503)
+    log.info("call %s refused: shutting down", call.call_id)
