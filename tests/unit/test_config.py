@@ -372,6 +372,7 @@ def test_trunk_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.sip.transports == ("udp", "tcp")
     assert set(config.plans) == {"support", "billing"}
     assert config.plan("billing").allow.patterns == ("tel:+14155550*",)
+    assert config.agent.plan == "support" and config.service.drain_timeout == 30
 
 
 def test_pbx_example_loads_beside_its_certificates(tmp_path: Path, certs: Path) -> None:
@@ -383,8 +384,11 @@ def test_pbx_example_loads_beside_its_certificates(tmp_path: Path, certs: Path) 
         "PBX_EXTENSION_PASSWORD": SECRET,
         "PBX_INBOUND_PASSWORD": SECRET,
         "OPENAI_API_KEY": SECRET,
+        "WARMTRANSFER_API_TOKEN": TOKEN,
+        "WARMTRANSFER_WEBHOOK_SECRET": SECRET,
     }
     config = check_config(tmp_path / "pbx.toml", environ=env)
+    assert config.agent.plan == "helpdesk" and config.service.drain_timeout == 60
     assert config.sip.transports == ("tls",)
     assert config.consult.mode == "llm" and config.briefing_chat is config.consult.chat
     plan = config.plan("helpdesk")

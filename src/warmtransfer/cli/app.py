@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,11 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
 
 
 def _run(coro: object) -> object:
@@ -96,9 +102,20 @@ def check_config(
 def serve(
     config_file: Annotated[Path, typer.Option("--config", help="the service's config (TOML)")],
     drain_timeout: Annotated[
-        float,
-        typer.Option("--drain-timeout", min=0, help="on SIGTERM: seconds calls may go on"),
-    ] = 30.0,
+        float | None,
+        typer.Option(
+            "--drain-timeout",
+            min=0,
+            help="on SIGTERM: seconds calls may go on (default: service.drain_timeout, 30)",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="json: one JSON object a line, with call_id and transfer_id; text: for people",
+        ),
+    ] = LogFormat.JSON,
 ) -> None:
     """Run the service: answer calls with the configured agent, warm-transfer them to humans.
     SIGTERM refuses new calls (503), lets calls finish for --drain-timeout, then ends them."""
@@ -120,7 +137,13 @@ def serve(
             highlight=False,
         )
         raise typer.Exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if log_format is LogFormat.JSON:
+        from warmtransfer.server.logs import install_json_logging
+
+        install_json_logging(logging.INFO)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per webhook POST is noise
     _run(Service(config, drain_timeout=drain_timeout).run())
 
 

@@ -397,6 +397,10 @@ class AgentSection(BaseModel):
     model_config = _STRICT
 
     entrypoint: str = "scripted"
+    plan: str | None = Field(
+        default=None,
+        description="the plan the scripted agent transfers with (default: the first plan)",
+    )
 
     @field_validator("entrypoint")
     @classmethod
@@ -407,6 +411,18 @@ class AgentSection(BaseModel):
                 "'myapp.agent:handle_call'"
             )
         return value
+
+
+class ServiceSection(BaseModel):
+    """How `warmtransfer serve` runs."""
+
+    model_config = _STRICT
+
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM: seconds calls may go on before they are ended",
+    )
 
 
 # -- the file ---------------------------------------------------------------------------------
@@ -429,6 +445,7 @@ class Config(BaseModel):
     records: RecordsSection | None = None
     http: HttpSection | None = None
     agent: AgentSection = Field(default_factory=AgentSection)
+    service: ServiceSection = Field(default_factory=ServiceSection)
 
     # Where it came from, for messages and the summary; never a secret's value.
     _source: Path | None = PrivateAttr(default=None)
@@ -653,6 +670,15 @@ class Config(BaseModel):
                     ("briefing", "chat"),
                     "mode = 'llm' needs a chat model",
                     "add [briefing.chat] (or [consult.chat], which it then shares)",
+                )
+            )
+        if self.agent.plan is not None and self.agent.plan not in self.plans:
+            known = ", ".join(self.plans) or "none"
+            found.append(
+                Problem(
+                    ("agent", "plan"),
+                    f"names plan {self.agent.plan!r}, which is not in the config (plans: {known})",
+                    "name one of the [plans.NAME] sections, or add that plan",
                 )
             )
         if self.records is not None and not self.records.path.parent.is_dir():

@@ -139,7 +139,15 @@ def describe(config: Config) -> RenderableType:
         if brief is None or config.briefing.mode == "extractive"
         else f"llm {brief.model} at {brief.base_url}",
     )
-    _row(speech, "agent", config.agent.entrypoint)
+    agent = config.agent.entrypoint
+    if agent == "scripted":
+        scripted_plan = config.agent.plan or next(iter(config.plans), None)
+        agent = (
+            f"scripted, transfers with plan {scripted_plan}"
+            if scripted_plan
+            else "scripted (no plan)"
+        )
+    _row(speech, "agent", agent)
     parts.append(speech)
 
     service = _table("Service")
@@ -148,6 +156,7 @@ def describe(config: Config) -> RenderableType:
     hooks = config.webhooks
     _row(service, "webhooks", ", ".join(hooks.urls) if hooks and hooks.urls else "none")
     _row(service, "records", str(config.records.path) if config.records else "not kept")
+    _row(service, "drain timeout", f"{config.service.drain_timeout:g} s")
     parts.append(service)
 
     secrets = _table("Secrets (values never shown)")

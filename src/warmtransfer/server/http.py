@@ -222,7 +222,7 @@ class HttpApi:
             plan = confine_plan(plan, self.allow, inline=inline)
             info = await self.service.start_transfer(call_id, plan, body.briefing.to_briefing())
         except DestinationNotAllowed as exc:
-            log.warning("refused a transfer on %s: %s", call_id, exc)
+            log.warning("refused a transfer on %s: %s", call_id, exc, extra={"call_id": call_id})
             return _error(403, "destination_not_allowed", str(exc))
         except CallNotFound as exc:
             return _error(404, "not_found", str(exc))

@@ -13,10 +13,21 @@ Shutdown (SIGTERM or SIGINT, or `stop()`), in this order:
    transfer under way ends with the caller gone and releases the human's leg), its record is
    completed, then the engine and the records store are closed, and `run()` returns (exit 0).
 
-Hooks for the parts that run beside the calls (HTTP API, webhooks, metrics): `hooks` are plain
-callbacks on a call's start and end and on every transfer event, and `companions` are async
-context managers entered once the engine listens and left after the last call ended, so an HTTP
-server answers for the whole life of the service, drain included.
+What the config turns on beside the calls (built in, no code needed):
+- ``[http]``: the HTTP API (`HttpApi` over `EngineServiceApi`, with the records store and each
+  call's `RecordedCall`), `/metrics` included, on the configured address. It answers for the
+  whole life of the service, drain included; on shutdown the transfers it started are waited
+  for (bounded by the drain timeout) and it stops after the last call ended.
+- ``[webhooks]``: a `WebhookSender` gets every transfer event and each transfer's final handoff
+  record, whoever started the transfer (the agent, or the API); on shutdown what is queued is
+  delivered for at most WEBHOOK_FLUSH seconds.
+- `Metrics` always observes every transfer event (read through `/metrics` when there is an API).
+Each call's work runs under `log_context(call_id=...)`, each transfer's under its
+`transfer_id` too, so JSON log lines (`install_json_logging`) name what they are about.
+
+Hooks for applications that embed the service: `hooks` are plain callbacks on a call's start and
+end and on every transfer event, and `companions` are async context managers entered once the
+engine listens and left after the last call ended.
 """
 
 from __future__ import annotations
@@ -40,16 +51,22 @@ from warmtransfer.config.build import (
 )
 from warmtransfer.config.load import resolve_agent
 from warmtransfer.config.model import Config
+from warmtransfer.consult.handoff import HandoffRecord
 from warmtransfer.consult.ports import LegGone
 from warmtransfer.engine import Engine
+from warmtransfer.server.http import HttpApi
+from warmtransfer.server.logs import log_context
+from warmtransfer.server.metrics import Metrics
 from warmtransfer.server.recording import RecordedCall
 from warmtransfer.server.records import Records
 from warmtransfer.server.scripted_agent import ScriptedAgent
+from warmtransfer.server.service_api import EngineServiceApi
 from warmtransfer.server.session import CallSession
+from warmtransfer.server.webhooks import WebhookSender
 from warmtransfer.sip.call import CallFailed, EndReason, IncomingCall
-from warmtransfer.sip.message import make_response
 from warmtransfer.speech.stt import PocketsphinxSTT, SpeechToText
 from warmtransfer.transfer.events import TransferEvent
+from warmtransfer.transfer.outcome import TransferOutcome
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "Agent", "Service", "ServiceHooks", "ServiceState"]
 
@@ -62,6 +79,8 @@ END_GRACE = 5.0
 """After the drain timeout: how long the ended calls get to finish their records."""
 HANGUP_GRACE = 10.0
 """A caller hung up during a transfer: how long the transfer may take to notice and end."""
+WEBHOOK_FLUSH = 5.0
+"""On shutdown: how long queued webhook deliveries may still take before they are dropped."""
 
 Agent = Callable[[CallSession], Awaitable[Any]]
 """What runs on each call: the built-in `ScriptedAgent`, or ``[agent] entrypoint``."""
@@ -92,16 +111,19 @@ class Service:
         self,
         config: Config,
         *,
-        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        drain_timeout: float | None = None,
         hooks: ServiceHooks | None = None,
         companions: Sequence[Callable[[Service], AbstractAsyncContextManager[Any]]] = (),
         agent: Agent | None = None,
         handle_signals: bool = True,
     ) -> None:
-        """`agent` replaces the config's (tests, embedding); `handle_signals`: install the
-        SIGTERM/SIGINT handlers (off when the embedding application owns them)."""
+        """`drain_timeout` (None: ``[service] drain_timeout``); `agent` replaces the config's
+        (tests, embedding); `handle_signals`: install the SIGTERM/SIGINT handlers (off when the
+        embedding application owns them)."""
         self.config = config
-        self.drain_timeout = drain_timeout
+        self.drain_timeout = (
+            drain_timeout if drain_timeout is not None else config.service.drain_timeout
+        )
         self.hooks = hooks or ServiceHooks()
         self.companions = tuple(companions)
         self.handle_signals = handle_signals
@@ -113,8 +135,12 @@ class Service:
         self._agent = agent
         self._stopping = asyncio.Event()
         self._calls: set[asyncio.Task[None]] = set()
-        self.default_plan = next(iter(config.plans), None)
-        # [agent] has no `plan` key yet: the scripted agent transfers with the first plan.
+        self.default_plan = config.agent.plan or next(iter(config.plans), None)
+        self.metrics = Metrics()
+        self.api: EngineServiceApi | None = None
+        self.http: HttpApi | None = None
+        self.webhooks: WebhookSender | None = None
+        self._recorded: dict[str, RecordedCall] = {}
 
     # -- control ------------------------------------------------------------------------------
 
@@ -156,6 +182,8 @@ class Service:
                 if self.config.records is not None:
                     self.records = await Records.open(self.config.records.path)
                     stack.push_async_callback(self.records.close)
+                self.metrics.attach(engine)
+                await self._start_builtins(stack, engine)
                 registration = await register_trunk(engine, self.config)
                 if registration is not None:
                     log.info("registered at %s", self.config.trunk and self.config.trunk.registrar)
@@ -174,11 +202,93 @@ class Service:
                     with contextlib.suppress(asyncio.CancelledError):
                         await accepting
                     await self._end_calls()  # anything left (also when run() is cancelled)
+                    await self._settle_api()
+                # Leaving the stack: the HTTP API stops, the webhooks are flushed (bounded),
+                # then the records store and the engine close.
         finally:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._set_state(ServiceState.STOPPED)
+
+    async def _start_builtins(self, stack: AsyncExitStack, engine: Engine) -> None:
+        """What ``[webhooks]`` and ``[http]`` turn on, stopped in reverse order by `stack`."""
+        hooks = self.config.webhooks
+        if hooks is not None and hooks.urls:
+            secret = hooks.secret.get_secret_value() if hooks.secret is not None else None
+            sender = self.webhooks = WebhookSender(hooks.urls, secret)
+            sender.on_count = self.metrics.count_webhook
+            await sender.start()
+            stack.push_async_callback(sender.stop, WEBHOOK_FLUSH)
+            log.info("webhooks: %d URL(s)", len(hooks.urls))
+        http = self.config.http
+        if http is None or not http.enabled:
+            return
+        token = http.token.get_secret_value() if http.token is not None else ""
+        api = self.api = EngineServiceApi(
+            engine,
+            self.config.allow,
+            records=self.records,
+            recorded=self._recorded.get,
+            on_event=[self._observe],
+            on_finish=[self._api_finished],
+        )
+        host, port = http.address
+        server = self.http = HttpApi(
+            api,
+            token=token,
+            plans=self.config.effective_plans,
+            allow=self.config.allow,
+            host=host,
+            port=port,
+            metrics=self.metrics,
+            collect=lambda: self.metrics.collect_engine(engine),
+        )
+        await server.start()
+        stack.push_async_callback(server.stop)
+
+    def _observe(self, event: TransferEvent) -> None:
+        """Every transfer event, whoever started the transfer: metrics and webhooks."""
+        self.metrics.observe_event(event)
+        if self.webhooks is not None:
+            try:
+                self.webhooks.send_event(event)
+            except Exception:
+                log.exception("webhooks could not queue %s", event)
+
+    def _finished(
+        self, transfer_id: str, call_id: str, outcome: TransferOutcome, record: HandoffRecord
+    ) -> None:
+        if self.webhooks is not None:
+            self.webhooks.send_handoff(
+                transfer_id=transfer_id, call_id=call_id, outcome=outcome, record=record
+            )
+
+    def _api_finished(
+        self, transfer_id: str, call_id: str, outcome: TransferOutcome, record: HandoffRecord
+    ) -> None:
+        log.info("transfer %s (API) outcome %s", transfer_id, outcome.reason.value)
+        self._finished(transfer_id, call_id, outcome, record)
+
+    def _session_finished(
+        self,
+        session: CallSession,
+        transfer_id: str,
+        outcome: TransferOutcome,
+        record: HandoffRecord,
+    ) -> None:
+        try:
+            self._finished(transfer_id, session.call_id, outcome, record)
+        except Exception:
+            log.exception("webhooks could not queue the handoff of transfer %s", transfer_id)
+
+    async def _settle_api(self) -> None:
+        """The transfers the API started end with their calls; wait for them (bounded)."""
+        if self.api is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(END_GRACE):
+                await self.api.drain()
 
     async def _make_agent(self, stack: AsyncExitStack) -> Agent:
         if self._agent is not None:
@@ -207,18 +317,24 @@ class Service:
         while True:
             call = await engine.next_call()
             if self._stopping.is_set():
-                refuse(call)
+                await refuse(call)
                 continue
             task = asyncio.ensure_future(self._serve_call(engine, call, agent, stt))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
         if self._calls:
             log.info("draining %d call(s), at most %.1f s", len(self._calls), self.drain_timeout)
             _, pending = await asyncio.wait(set(self._calls), timeout=self.drain_timeout)
             if pending:
                 log.info("drain timeout: ending %d call(s)", len(pending))
+        if self.api is not None:  # transfers the API started, on calls that are still up
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self.api.drain()
         # New INVITEs are refused while draining, also after the last call ended and until the
         # engine closes: an INVITE already queued must not wait in vain.
 
@@ -240,6 +356,12 @@ class Service:
     async def _serve_call(
         self, engine: Engine, call: IncomingCall, agent: Agent, stt: SpeechToText | None
     ) -> None:
+        with log_context(call_id=call.call_id):
+            await self._serve_call_in_context(engine, call, agent, stt)
+
+    async def _serve_call_in_context(
+        self, engine: Engine, call: IncomingCall, agent: Agent, stt: SpeechToText | None
+    ) -> None:
         try:
             await call.ring()
             await call.answer()
@@ -255,6 +377,8 @@ class Service:
                     recorded = await stack.enter_async_context(
                         RecordedCall(self.records, engine, call, caller=caller)
                     )
+                    self._recorded[call.call_id] = recorded
+                    stack.callback(self._recorded.pop, call.call_id, None)
                 session = CallSession(
                     engine,
                     call,
@@ -263,7 +387,8 @@ class Service:
                     summarizer=summarizer_from_config(self.config),
                     stt=stt,
                     recorded=recorded,
-                    on_event=self.hooks.transfer_event and self._on_event,
+                    on_event=self._on_event,
+                    on_finish=self._session_finished,
                 )
                 self.sessions[call.call_id] = session
                 self._hook(self.hooks.call_started, session)
@@ -278,6 +403,7 @@ class Service:
         log.info("call %s ended (%s)", call.call_id, call.end_reason or EndReason.LOCAL_BYE)
 
     def _on_event(self, session: CallSession, event: TransferEvent) -> None:
+        self._observe(event)
         self._hook(self.hooks.transfer_event, session, event)
 
     async def _run_agent(self, agent: Agent, session: CallSession) -> None:
@@ -298,6 +424,10 @@ class Service:
             if work.done():
                 with contextlib.suppress(LegGone):
                     work.result()
+            if self.api is not None:
+                # A transfer started through the API on this call (the caller is held, and
+                # the agent, refused the line, may have returned): it decides how this ends.
+                await self.api.wait_call(session.call_id)
             if session.transferred:
                 await session.call.wait_ended()
             else:
@@ -314,16 +444,7 @@ async def _call_agent(agent: Agent, session: CallSession) -> None:
         await result
 
 
-def refuse(call: IncomingCall) -> None:
-    """503 with Retry-After: we are shutting down, another server (or later) will answer.
-    (`IncomingCall.reject` takes no extra headers, so the response is made here.)"""
-    response = make_response(
-        call.invite,
-        503,
-        "Service Unavailable",
-        to_tag=call.local_tag,
-        extra=[("Retry-After", str(RETRY_AFTER))],
-    )
-    call.ua.respond(call.tx, response)
-    call._finish(EndReason.REJECTED, 503)
+async def refuse(call: IncomingCall) -> None:
+    """503 with Retry-After: we are shutting down, another server (or later) will answer."""
+    await call.reject(503, "Service Unavailable", headers=[("Retry-After", str(RETRY_AFTER))])
     log.info("call %s refused: shutting down", call.call_id)

@@ -411,6 +411,17 @@ class EngineServiceApi:
             raise TransferNotFound(f"no transfer {transfer_id!r} was started here")
         return await asyncio.shield(tracked.task)
 
+    async def wait_call(self, call_id: str) -> None:
+        """Until every transfer started here on `call_id` has ended (the service waits for it
+        before it decides how a call whose agent returned ends)."""
+        pending = [
+            t.task
+            for t in self._tracked.values()
+            if t.call_id == call_id and t.task is not None and not t.task.done()
+        ]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(p) for p in pending), return_exceptions=True)
+
     async def drain(self) -> None:
         """Until every transfer started here has ended (SIGTERM: let callers finish)."""
         pending = [t.task for t in self._tracked.values() if t.task is not None]

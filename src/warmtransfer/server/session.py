@@ -24,19 +24,22 @@ the hand-over raises it too (the AI is not on the call then).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from warmtransfer.backends.sip import SipCallerLeg
 from warmtransfer.consult.briefing import build_briefing
+from warmtransfer.consult.handoff import HandoffRecord
 from warmtransfer.consult.ports import Briefing, Turn
 from warmtransfer.consult.summary import ExtractiveSummarizer, Summarizer
 from warmtransfer.server.conversation import read_digits, record_turn
+from warmtransfer.server.logs import log_context
 from warmtransfer.sip.call import Call
 from warmtransfer.speech.stt import SpeechToText
 from warmtransfer.transfer.events import TransferEvent
-from warmtransfer.transfer.outcome import TransferOutcome
+from warmtransfer.transfer.outcome import Failed, TransferOutcome
 from warmtransfer.transfer.plan import TransferPlan
 
 if TYPE_CHECKING:
@@ -45,6 +48,12 @@ if TYPE_CHECKING:
     from warmtransfer.server.recording import RecordedCall
 
 __all__ = ["CallSession", "CallerInfo", "UnknownPlan"]
+
+log = logging.getLogger("warmtransfer.session")
+
+
+FinishHook = Callable[["CallSession", str, TransferOutcome, HandoffRecord], None]
+"""Called when a transfer of the session ends: (session, transfer_id, outcome, record)."""
 
 
 class UnknownPlan(LookupError):
@@ -82,10 +91,12 @@ class CallSession:
         stt: SpeechToText | None = None,
         recorded: RecordedCall | None = None,
         on_event: Callable[[CallSession, TransferEvent], None] | None = None,
+        on_finish: FinishHook | None = None,
     ) -> None:
         """`plans` (by name) and `default_plan` come from the config; `stt` writes down what
         `listen` hears (None: `listen` is not available, the agent must use keys); `recorded`
-        records the transfers; `on_event` sees every transfer event of this call."""
+        records the transfers; `on_event` sees every transfer event of this call, `on_finish`
+        each transfer's outcome and final handoff record (webhooks)."""
         self.engine = engine
         self.call = call
         self.leg: SipCallerLeg = engine.caller_leg(call)
@@ -96,6 +107,7 @@ class CallSession:
         self.stt = stt
         self.recorded = recorded
         self.on_event = on_event
+        self.on_finish = on_finish
         self.transcript: list[Turn] = []
         self.facts: dict[str, str] = {}
         self.outcomes: list[TransferOutcome] = []
@@ -206,18 +218,52 @@ class CallSession:
         self.briefing = briefing
         self.idle.clear()
         try:
-            if self.recorded is not None:
-                outcome = await self.recorded.warm_transfer(
-                    self.leg, chosen, briefing, on_event=self._event
-                )
-            else:
-                outcome = await self.engine.warm_transfer(
-                    self.leg, chosen, briefing, on_event=self._event
-                )
+            outcome, transfer_id = await self._run_transfer(chosen, briefing)
         finally:
             self.idle.set()
         self.outcomes.append(outcome)
+        if self.on_finish is not None and transfer_id is not None:
+            if self.recorded is not None:
+                record = self.recorded.handoff(briefing, outcome)
+            else:
+                record = HandoffRecord.from_briefing(briefing, attempts=outcome.attempts)
+            if isinstance(outcome, Failed) and outcome.recorded_message is not None:
+                record = record.with_recorded_message(outcome.recorded_message)
+            self.on_finish(self, transfer_id, outcome, record)
         return outcome
+
+    async def _run_transfer(
+        self, plan: TransferPlan, briefing: Briefing
+    ) -> tuple[TransferOutcome, str | None]:
+        """Run one transfer (recorded when there is a store), its log lines under its id."""
+        from warmtransfer.engine import Engine
+
+        if self.recorded is not None:
+            transfer = self.recorded.transfer(self.leg, plan, briefing, on_event=self._event)
+            with log_context(call_id=self.call_id, transfer_id=transfer.transfer_id):
+                _started(transfer.transfer_id, plan)
+                outcome = await self.recorded.run(transfer, briefing)
+                _ended(transfer.transfer_id, outcome)
+                return outcome, transfer.transfer_id
+        if not isinstance(self.engine, Engine):  # an engine of an embedding app, or a test's
+            seen: list[str] = []
+
+            def first_id(event: TransferEvent) -> None:
+                if not seen:
+                    seen.append(event.transfer_id)
+                self._event(event)
+
+            outcome = await self.engine.warm_transfer(self.leg, plan, briefing, on_event=first_id)
+            return outcome, (seen[0] if seen else None)
+        transfer = self.engine.transfer(self.leg, plan, briefing, on_event=self._event)
+        with log_context(call_id=self.call_id, transfer_id=transfer.transfer_id):
+            _started(transfer.transfer_id, plan)
+            try:
+                outcome = await transfer.run()
+            finally:
+                self.engine.transfers.pop(transfer.transfer_id, None)
+            _ended(transfer.transfer_id, outcome)
+            return outcome, transfer.transfer_id
 
     def _event(self, event: TransferEvent) -> None:
         if self.on_event is not None:
@@ -226,3 +272,12 @@ class CallSession:
     async def hangup(self) -> None:
         """End the call (BYE). Idempotent."""
         await self.call.hangup()
+
+
+def _started(transfer_id: str, plan: TransferPlan) -> None:
+    targets = ", ".join(target.uri for target in plan.targets)
+    log.info("transfer %s started: %s", transfer_id, targets)
+
+
+def _ended(transfer_id: str, outcome: TransferOutcome) -> None:
+    log.info("transfer %s ended: %s", transfer_id, outcome.reason.value)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -824,13 +824,24 @@ class IncomingCall(Call):
             return session_timer.Agreement(agreed.min_se, True)
         return agreed
 
-    async def reject(self, status: int = 486, reason: str | None = None) -> None:
+    async def reject(
+        self,
+        status: int = 486,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Refuse the call with a final error response; `headers` are added to it (e.g.
+        ``[("Retry-After", "30")]`` with a 503)."""
         if not 300 <= status <= 699:
             # A 1xx or 2xx would leave the caller's INVITE open while the call counts as ended.
             raise ValueError(f"reject needs a final error status (300 to 699), not {status}")
         if self.state is not CallState.OFFERED:
             return
-        self.ua.respond(self.tx, make_response(self.invite, status, reason, to_tag=self.local_tag))
+        response = make_response(
+            self.invite, status, reason, to_tag=self.local_tag, extra=tuple(headers)
+        )
+        self.ua.respond(self.tx, response)
         self._finish(EndReason.REJECTED, status)
 
     async def _hangup_early(self) -> None:

@@ -1,0 +1,307 @@
+"""`warmtransfer serve` with everything on: the HTTP API (token from the environment), signed
+webhooks to a receiver run by the test, the records store. A baresip caller presses 0 at the
+scripted agent's menu, a baresip human presses 1; then the receiver holds signed events and the
+final handoff record, `/metrics` shows the completed transfer and the calls up, a bad token is
+401, an inline plan to a destination outside the allow-list is 403, and SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from tests.e2e.conftest import baresip_caller, baresip_human
+from tests.e2e.test_serve import serve
+from tests.peers.ports import free_port_pair
+from warmtransfer.server.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    SignatureError,
+    verify_signature,
+)
+
+pytestmark = pytest.mark.peers
+
+TOKEN_ENV = "WARMTRANSFER_E2E_API_TOKEN"
+TOKEN = "e2e-token-" + "x" * 40
+SECRET = "e2e-webhook-secret"
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: checks each delivery's signature, keeps the verified bodies."""
+
+    url: str = ""
+    verified: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verify_signature(body, request.headers.get(SIGNATURE_HEADER), SECRET)
+        except SignatureError as exc:
+            self.rejected.append(f"{request.headers.get(DELIVERY_HEADER)}: {exc}")
+            self.changed.set()
+            return web.Response(status=400)
+        self.verified.append(json.loads(body))
+        self.changed.set()
+        return web.Response(status=204)
+
+    def handoffs(self) -> list[dict[str, Any]]:
+        return [d for d in self.verified if d["type"] == "transfer.handoff"]
+
+    async def wait_handoff(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not self.handoffs():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no handoff delivery in {timeout} s: {self.verified}")
+            self.changed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.changed.wait()
+            except TimeoutError:
+                continue
+        return self.handoffs()[-1]
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    hooks = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", hooks.handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hooks.url = f"http://127.0.0.1:{port}/hooks"
+    try:
+        yield hooks
+    finally:
+        await runner.cleanup()
+
+
+def write_config(folder: Path, port: int, human_uri: str, hooks_url: str) -> Path:
+    path = folder / "warmtransfer.toml"
+    path.write_text(
+        f"""
+[sip]
+host = "127.0.0.1"
+listen = [{{ transport = "udp", port = {port} }}]
+
+[allow]
+patterns = ["sip:human@127.0.0.1:*"]
+
+[plans.front]
+consult_timeout = 30
+
+[[plans.front.targets]]
+uri = "{human_uri}"
+ring_timeout = 15
+
+[speech]
+spoken_answers = false   # the human's microphone sends a tone, not words
+answer_detection = false
+
+[records]
+path = "records.sqlite3"
+
+[http]
+listen = "127.0.0.1:0"   # any free port: read from the log
+token = {{ env = "{TOKEN_ENV}" }}
+
+[webhooks]
+urls = ["{hooks_url}"]
+secret = "{SECRET}"
+
+[agent]
+plan = "front"
+
+[service]
+drain_timeout = 5
+"""
+    )
+    return path
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if not (head == name or head.startswith(name + "{")):
+            continue
+        if all(f'{key}="{val}"' in head for key, val in labels.items()):
+            return float(value)
+    return None
+
+
+async def test_serve_with_api_webhooks_and_metrics(
+    tmp_path: Path,
+    caller_wav: Path,
+    human_wav: Path,
+    need_baresip: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)  # the service inherits the test's environment
+    port = free_port_pair()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with receiver() as hooks, baresip_human(tmp_path, human_wav) as human:
+        config = write_config(tmp_path, port, human.uri, hooks.url)
+        async with serve(tmp_path, config) as service:
+            listening = await service.wait_for_output(r"HTTP API listening on \S+:(\d+)", 120)
+            api = f"http://127.0.0.1:{listening.group(1)}"
+            await service.wait_for_output(r"ready: taking calls", timeout=120)
+            async with (
+                httpx.AsyncClient(base_url=api, timeout=10) as http,
+                baresip_caller(tmp_path, caller_wav) as caller,
+            ):
+                await caller.dial(f"sip:warmtransfer@127.0.0.1:{port}")
+                await caller.wait_event("CALL_ESTABLISHED")
+                answered = await service.wait_for_output(r"call (\S+) from \S+ answered", 10)
+                call_id = answered.group(1)
+                await caller.send_dtmf("0")
+                await service.wait_for_output(r"caller pressed 0, transferring", 20)
+                await human.wait_event("CALL_ESTABLISHED", timeout=30)
+                await human.wait_recorded(2.0)  # some of the briefing
+                await human.send_dtmf("1")
+                await service.wait_for_output(r"transfer outcome completed", 30)
+
+                # Caller and human are talking: the metrics show the transfer and both calls.
+                scraped = await http.get("/metrics", headers=auth)
+                assert scraped.status_code == 200, scraped.text
+                ended = metric(
+                    scraped.text,
+                    "warmtransfer_transfers_ended_total",
+                    state="completed",
+                    reason="completed",
+                )
+                assert ended == 1.0, scraped.text
+                assert metric(scraped.text, "warmtransfer_transfers_started_total") == 1.0
+                calls_up = metric(scraped.text, "warmtransfer_calls_in_progress")
+                assert calls_up is not None and calls_up >= 2, scraped.text
+
+                listed = await http.get("/v1/calls", headers=auth)
+                assert listed.status_code == 200
+                assert call_id in {c["call_id"] for c in listed.json()["calls"]}
+                bad = await http.get("/v1/calls", headers={"Authorization": "Bearer nope"})
+                assert bad.status_code == 401
+                assert bad.json()["error"] == "unauthorized"
+
+                outside = await http.post(
+                    f"/v1/calls/{call_id}/transfers",
+                    headers=auth,
+                    json={
+                        "plan": {"targets": [{"uri": "sip:premium@198.51.100.9"}]},
+                        "briefing": {"summary": "Dial a number we must never dial."},
+                    },
+                )
+                assert outside.status_code == 403, outside.text
+                assert outside.json()["error"] == "destination_not_allowed"
+
+                handoff = await hooks.wait_handoff(15)
+                await caller.hangup()
+                await human.wait_event("CALL_CLOSED", timeout=10)
+                await service.wait_for_output(rf"call {re.escape(call_id)} ended", 15)
+            os.kill(service.pid or 0, signal.SIGTERM)
+            assert await service.wait_exit(20) == 0, service.tail()
+        log = service.log
+
+    assert "Traceback" not in log, service.tail()
+    # JSON lines, each naming its call (and its transfer, inside one).
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(line.get("call_id") == call_id for line in lines), log[-3000:]
+    assert any(line.get("transfer_id") for line in lines), log[-3000:]
+
+    assert not hooks.rejected, hooks.rejected
+    kinds = [d["type"] for d in hooks.verified]
+    assert kinds.count("transfer.handoff") == 1, kinds
+    events = [d["data"] for d in hooks.verified if d["type"] == "transfer.event"]
+    assert events and events[-1]["state"] == "completed", events
+    transfer_id = handoff["data"]["transfer_id"]
+    assert {e["transfer_id"] for e in events} == {transfer_id}
+    assert handoff["data"]["call_id"] == call_id
+    assert handoff["data"]["outcome"]["ok"] is True
+    assert handoff["data"]["outcome"]["reason"] == "completed"
+    record = handoff["data"]["record"]
+    assert record is not None and record["whisper"], record
+    assert record["attempts"], record
+
+
+async def test_a_transfer_started_through_the_api_is_signed_and_recorded(
+    tmp_path: Path,
+    caller_wav: Path,
+    human_wav: Path,
+    need_baresip: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app, not the caller, asks for the human: POST a transfer with the config's plan; the
+    webhooks carry its events and handoff, and the caller stays with the human once bridged."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    port = free_port_pair()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with receiver() as hooks, baresip_human(tmp_path, human_wav) as human:
+        config = write_config(tmp_path, port, human.uri, hooks.url)
+        async with serve(tmp_path, config) as service:
+            listening = await service.wait_for_output(r"HTTP API listening on \S+:(\d+)", 120)
+            await service.wait_for_output(r"ready: taking calls", timeout=120)
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{listening.group(1)}") as http,
+                baresip_caller(tmp_path, caller_wav) as caller,
+            ):
+                await caller.dial(f"sip:warmtransfer@127.0.0.1:{port}")
+                await caller.wait_event("CALL_ESTABLISHED")
+                answered = await service.wait_for_output(r"call (\S+) from \S+ answered", 10)
+                call_id = answered.group(1)
+                started = await http.post(
+                    f"/v1/calls/{call_id}/transfers",
+                    headers=auth,
+                    json={
+                        "plan": "front",
+                        "briefing": {"summary": "Wants to change the delivery address."},
+                    },
+                    timeout=10,
+                )
+                assert started.status_code == 202, started.text
+                transfer_id = started.json()["transfer_id"]
+                await human.wait_event("CALL_ESTABLISHED", timeout=30)
+                await human.wait_recorded(2.0)
+                await human.send_dtmf("1")
+                handoff = await hooks.wait_handoff(30)
+                assert handoff["data"]["transfer_id"] == transfer_id
+                assert handoff["data"]["outcome"]["reason"] == "completed"
+                state = await http.get(f"/v1/transfers/{transfer_id}", headers=auth, timeout=10)
+                assert state.json()["state"] == "completed", state.text
+                record = await http.get(
+                    f"/v1/transfers/{transfer_id}/record", headers=auth, timeout=10
+                )
+                assert record.status_code == 200 and record.json()["call_id"] == call_id
+                # Bridged: the service leaves caller and human talking (no BYE from us).
+                assert "CALL_CLOSED" not in caller.event_types()
+                await caller.hangup()
+                await human.wait_event("CALL_CLOSED", timeout=10)
+                # ... and the call ended with the caller's BYE, not ours.
+                await service.wait_for_output(
+                    rf"call {re.escape(call_id)} ended \(remote_bye\)", 15
+                )
+            os.kill(service.pid or 0, signal.SIGTERM)
+            assert await service.wait_exit(20) == 0, service.tail()
+    assert "Traceback" not in service.log, service.tail()
+    assert not hooks.rejected, hooks.rejected
+    events = [d["data"] for d in hooks.verified if d["type"] == "transfer.event"]
+    assert {e["transfer_id"] for e in events} == {transfer_id}
+    assert events[-1]["state"] == "completed"
