@@ -24,6 +24,7 @@ from aiohttp import web
 
 from tests.e2e.conftest import baresip_caller, baresip_human
 from tests.e2e.test_serve import serve
+from tests.e2e.test_serve import write_config as base_config
 from tests.peers.ports import free_port_pair
 from warmtransfer.server.webhooks import (
     DELIVERY_HEADER,
@@ -96,30 +97,11 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def write_config(folder: Path, port: int, human_uri: str, hooks_url: str) -> Path:
-    path = folder / "warmtransfer.toml"
-    path.write_text(
-        f"""
-[sip]
-host = "127.0.0.1"
-listen = [{{ transport = "udp", port = {port} }}]
-
-[allow]
-patterns = ["sip:human@127.0.0.1:*"]
-
-[plans.front]
-consult_timeout = 30
-
-[[plans.front.targets]]
-uri = "{human_uri}"
-ring_timeout = 15
-
-[speech]
-spoken_answers = false   # the human's microphone sends a tone, not words
-answer_detection = false
-
-[records]
-path = "records.sqlite3"
-
+    """test_serve.py's config, plus the HTTP API, webhooks, the agent's plan and the drain."""
+    path = base_config(folder, port, human_uri)
+    with path.open("a") as config:
+        config.write(
+            f"""
 [http]
 listen = "127.0.0.1:0"   # any free port: read from the log
 token = {{ env = "{TOKEN_ENV}" }}
@@ -134,7 +116,7 @@ plan = "front"
 [service]
 drain_timeout = 5
 """
-    )
+        )
     return path
 
 

@@ -21,7 +21,7 @@ from tests.peers.ports import free_port_pair
 from warmtransfer.media.wav import write_wav
 from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.outcome import Completed, Failed, Reason
-from warmtransfer.transfer.states import Accepted, Answered
+from warmtransfer.transfer.states import Accepted
 
 pytestmark = pytest.mark.peers
 
@@ -106,9 +106,7 @@ async def test_a_machine_is_never_joined_and_the_caller_is_back_with_the_ai(
         await caller.hangup()
     assert heard is not None
     audio = load(heard)
-    answered = running.when(Answered)
     if why == "voicemail":  # our message was left after the beep
         greeting_end = (0.3 * RATE + len((await tts.synthesize(greeting[0])).samples)) / RATE
         after_beep = window(audio, greeting_end + 0.9, len(audio) / RATE)
         assert level(after_beep) > -40, "no message was left after the beep"
-    assert answered > 0

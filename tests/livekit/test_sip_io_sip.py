@@ -6,18 +6,16 @@ session closes by itself, leaving no task, socket or file behind."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from livekit.agents import APIConnectOptions, llm
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.voice import Agent, AgentSession
 
 from tests.e2e.conftest import baresip_caller, need_baresip, open_fds
+from tests.livekit.agents import ScriptedLLM
 from tests.peers.baresip import read_wav_samples, write_tone_wav
 from tests.peers.ports import free_port_pair
 from warmtransfer.engine import Engine
@@ -32,46 +30,6 @@ __all__ = ["need_baresip"]  # a fixture, imported for this module's tests
 pytestmark = pytest.mark.peers
 
 GREETING = "Hello, how can I help?"
-
-
-class ScriptedLLM(llm.LLM[Any]):
-    """The paid LLM's stand-in: replies with the next scripted line, and keeps what it was
-    asked."""
-
-    def __init__(self, replies: list[str]) -> None:
-        super().__init__()
-        self.replies = list(replies)
-        self.requests: list[llm.ChatContext] = []
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        self.requests.append(chat_ctx.copy())
-        reply = self.replies.pop(0) if self.replies else "Sorry?"
-        return _ScriptedStream(
-            self, reply, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options
-        )
-
-
-class _ScriptedStream(llm.LLMStream):
-    def __init__(self, owner: ScriptedLLM, reply: str, **kwargs: Any) -> None:
-        super().__init__(owner, **kwargs)
-        self._reply = reply
-
-    async def _run(self) -> None:
-        self._event_ch.send_nowait(
-            llm.ChatChunk(
-                id=uuid.uuid4().hex,
-                delta=llm.ChoiceDelta(role="assistant", content=self._reply),
-            )
-        )
 
 
 class Greeter(Agent):
