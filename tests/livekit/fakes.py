@@ -23,6 +23,7 @@ from livekit import api as lkapi
 from livekit.agents import Agent
 
 from warmtransfer.consult.ports import AudioSink
+from warmtransfer.livekit.rooms import CALL_STATUS
 from warmtransfer.livekit.view import RoomView
 from warmtransfer.media.audio import AudioClip
 from warmtransfer.transfer.plan import HoldAudio
@@ -103,6 +104,10 @@ class World:
         for view in self._views(room, identity):
             view.left(identity, reason)
 
+    def attributes(self, room: str, identity: str, **attributes: str) -> None:
+        for view in self._views(room, identity):
+            view.attributes(identity, attributes)
+
     def dtmf(self, room: str, identity: str, digit: str) -> None:
         for view in self._views(room, identity):
             view.dtmf(identity, digit)
@@ -124,6 +129,9 @@ class FakeLiveKitServer:
         self.content_types: set[str] = set()
         self.received: dict[str, asyncio.Event] = {}
         self.answer_dials = True  # a dialled human joins the room (publishing audio)
+        # As LiveKit SIP does: the dialled participant is in the room while it rings, with
+        # sip.callStatus "ringing", and leaves if the call fails.
+        self.ring_first = True
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -161,11 +169,19 @@ class FakeLiveKitServer:
         self.calls.append((method, message))
         name = method.split("/")[-1]
         self.called(name).set()
+        ringing = name == "CreateSIPParticipant" and self.ring_first
+        if ringing:
+            self.world.join(message.room_name, message.participant_identity, publish=False)
+            self.world.attributes(
+                message.room_name, message.participant_identity, **{CALL_STATUS: "ringing"}
+            )
         gate = self.gates.get(name)
         if gate is not None:
             await gate.wait()
         failure = self.fail.get(name)
         if failure is not None:
+            if ringing:
+                self.world.leave(message.room_name, message.participant_identity)
             body = {"code": failure.code, "msg": failure.msg, "meta": failure.meta}
             return web.json_response(body, status=failure.status)
         self._apply(name, message)
@@ -179,6 +195,9 @@ class FakeLiveKitServer:
         world = self.world
         if name == "CreateSIPParticipant" and self.answer_dials:
             world.join(message.room_name, message.participant_identity)
+            world.attributes(
+                message.room_name, message.participant_identity, **{CALL_STATUS: "active"}
+            )
         elif name == "MoveParticipant":
             sids = world.members.get(message.room, {}).get(message.identity, [])
             world.leave(message.room, message.identity, "MIGRATION")

@@ -146,6 +146,29 @@ async def test_segments_in_a_row_each_finish_once_in_order(line: Line) -> None:
     assert not any(e.interrupted for e in finished)
 
 
+async def test_a_segment_streamed_in_pieces_is_heard_without_a_gap(line: Line) -> None:
+    """The TTS sends a segment in pieces: the first starts playing, the rest arrive while it
+    plays. The phone hears one unbroken tone (before, each piece was its own clip and a tick
+    of silence fell between them)."""
+    out = AudioOutputToLeg(line.leg)
+    started, finished = recorded(out)
+    frames = frames_of(tone(1.2), seconds=0.1)
+    await out.capture_frame(frames[0])
+    await out.capture_frame(frames[1])
+    await line.ear.until(lambda: line.ear.loud() >= 3)  # playing, 140 ms of it still to go
+    for frame in frames[2:]:
+        await out.capture_frame(frame)
+    out.flush()
+    event = await playout(out)
+    assert not event.interrupted
+    assert abs(event.playback_position - 1.2) < 0.03, event.playback_position
+    assert len(started) == 1 and len(finished) == 1
+    await line.ear.until(lambda: line.ear.loud() >= 58)
+    loud = [rms_dbfs(f) > LOUD for f in line.ear.frames]
+    first, last = loud.index(True), len(loud) - 1 - loud[::-1].index(True)
+    assert all(loud[first : last + 1]), [i for i in range(first, last + 1) if not loud[i]]
+
+
 async def test_clear_buffer_stops_at_once_and_reports_interrupted(line: Line) -> None:
     out = AudioOutputToLeg(line.leg)
     _, finished = recorded(out)

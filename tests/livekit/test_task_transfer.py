@@ -66,6 +66,30 @@ async def test_fake_livekit_server_accept_by_key_moves_human_and_releases(rig: R
     await task.bridge.aclose()
 
 
+@pytest.mark.parametrize("rings", [True, False])
+async def test_fake_livekit_server_ringing_is_reported_from_the_call_status(
+    rig: Rig, rings: bool
+) -> None:
+    """LiveKit passes ringing on only as the SIP participant's ``sip.callStatus``: it becomes a
+    180 in the attempt and in the events, before the answer; a call answered without ringing
+    reports none."""
+    rig.server.ring_first = rings
+    task = WarmTransferTask(NUMBER)
+    running = start(rig, task)
+    session = await rig.starter.started.get()
+    rig.world.dtmf(session.link.view.name, session.human, "1")
+    outcome = await running
+    assert isinstance(outcome, Completed)
+    (attempt,) = outcome.attempts
+    assert attempt.answered is not None
+    if rings:
+        assert attempt.ringing is not None and attempt.ringing <= attempt.answered
+    else:
+        assert attempt.ringing is None
+    assert task.bridge is not None
+    await task.bridge.aclose()
+
+
 async def test_fake_livekit_server_on_enter_returns_reference_result_shape(rig: Rig) -> None:
     from livekit.agents.beta.workflows.warm_transfer import WarmTransferResult
 

@@ -69,6 +69,10 @@ DIGIT_PAUSE = 0.5
 _PLAIN_NUMBER = re.compile(r"^\+?[0-9*#]+$")
 
 
+#: The participant attribute in which LiveKit SIP keeps a call's progress.
+CALL_STATUS = "sip.callStatus"
+
+
 def dial_failure(exc: BaseException) -> DialFailed:
     """What a failed ``CreateSIPParticipant`` means for the transfer."""
     if isinstance(exc, lkapi.SipCallError):
@@ -471,8 +475,10 @@ class RoomDialer:
 
     async def dial(self, target: Target, on_ringing: Callable[[int], None]) -> RoomTargetLeg:
         space = self._space()
+        stop_watching: Callable[[], None] | None = None
         try:
             link = await space.open(self.connector)
+            stop_watching = watch_ringing(link.view, space.human, on_ringing)
             space.dialled = True
             await self.api.sip.create_sip_participant(self.request(target, space))
             leg = RoomTargetLeg(space, link, target)
@@ -488,6 +494,31 @@ class RoomDialer:
             if isinstance(exc, lkapi.ServerError | aiohttp.ClientError | TimeoutError):
                 raise dial_failure(exc) from exc
             raise
+        finally:
+            if stop_watching is not None:
+                stop_watching()
+
+
+def watch_ringing(
+    view: RoomView, human: str, on_ringing: Callable[[int], None]
+) -> Callable[[], None]:
+    """Report ringing once, as a 180, when LiveKit marks the human's call ``ringing``.
+
+    ``CreateSIPParticipant`` with ``wait_until_answered`` returns only at the answer, but the SIP
+    participant is in the room while it dials, and its ``sip.callStatus`` attribute follows the
+    call (dialing, ringing, active): that is the only provisional response LiveKit passes on.
+    LiveKit does not say whether it was a 180 or a 183, so ringing is reported as 180."""
+    rang = False
+
+    def on_change(change: RoomChange) -> None:
+        nonlocal rang
+        if rang or change.identity != human or change.kind not in ("joined", "attributes"):
+            return
+        if view.attribute(human, CALL_STATUS) == "ringing":
+            rang = True
+            on_ringing(180)
+
+    return view.subscribe(on_change)
 
 
 # -- the bridge ---------------------------------------------------------------------------------

@@ -48,11 +48,17 @@ def feed_view(room: rtc.Room, view: RoomView) -> None:
     """Keep `view` in step with `room` (present participants first, then every event)."""
     for participant in room.remote_participants.values():
         view.joined(participant.identity)
+        view.attributes(participant.identity, participant.attributes)
         for sid in participant.track_publications:
             view.published(participant.identity, sid)
 
     def on_joined(participant: rtc.RemoteParticipant) -> None:
         view.joined(participant.identity)
+        view.attributes(participant.identity, participant.attributes)
+
+    def on_attributes(_changed: dict[str, str], participant: rtc.Participant) -> None:
+        if participant.identity != view.own_identity:
+            view.attributes(participant.identity, participant.attributes)
 
     def on_left(participant: rtc.RemoteParticipant) -> None:
         view.left(participant.identity, _reason(participant.disconnect_reason))
@@ -72,6 +78,7 @@ def feed_view(room: rtc.Room, view: RoomView) -> None:
 
     room.on("participant_connected", on_joined)
     room.on("participant_disconnected", on_left)
+    room.on("participant_attributes_changed", on_attributes)
     room.on("track_published", on_published)
     room.on("track_unpublished", on_unpublished)
     room.on("sip_dtmf_received", on_dtmf)

@@ -11,10 +11,10 @@ talks over the hold music, exactly as for any other AI on the leg.
   per RTP packet, resampled with a soxr stream (no clicks at frame edges) if another rate is
   asked for.
 - `AudioOutputToLeg` plays what the session says. Frames come faster than real time; the first
-  ones of a segment start playing at once (the caller hears the agent as soon as the TTS has
-  200 ms), and whatever arrived meanwhile follows as the next clip. The leg's media plays whole
-  clips (`RtpSession.play`), so a segment that arrives in pieces is played as a few clips with at
-  most one 20 ms tick of silence between two of them. A session counts on `on_playback_started`
+  ones of a segment start playing at once, and the rest are appended to the same open playback
+  (`RtpSession.play(appendable=True)`) as they come, so a segment is heard without gaps however the
+  TTS streams it (if the TTS falls behind real time, the caller hears silence until it catches
+  up, as on any phone call). A session counts on `on_playback_started`
   and exactly one `on_playback_finished` per segment (else `wait_for_playout()` hangs), so every
   way a segment can end reports once: played out after `flush()`, cut by `clear_buffer()`
   (barge-in), or cut by the call (hold, hand-over, hang-up stops the leg's playback).
@@ -144,12 +144,9 @@ class _Segment:
     """One segment of agent speech (from its first frame to `flush()`), as it plays out."""
 
     resampler: StreamResampler = field(default_factory=lambda: StreamResampler(PHONE_RATE))
-    pending: list[NDArray[np.int16]] = field(default_factory=list)  # captured, not yet playing
-    playback: Playback | None = None  # the clip playing now
-    playing_samples: int = 0  # samples in that clip
-    played_samples: int = 0  # samples of the clips that played out before it
+    pending: list[NDArray[np.int16]] = field(default_factory=list)  # captured before it plays
+    playback: Playback | None = None  # an open playback while frames still come
     flushed: bool = False
-    started: bool = False
     finished: bool = False
 
 
@@ -182,7 +179,7 @@ class AudioOutputToLeg(AudioOutput):
             return  # cleared or cut before its flush: the rest of it is never played
         samples = segment.resampler.feed(frame_samples(frame), frame.sample_rate)
         if len(samples):
-            segment.pending.append(samples)
+            self._queue(segment, samples)
         self._pump()
 
     def flush(self) -> None:
@@ -192,8 +189,11 @@ class AudioOutputToLeg(AudioOutput):
             return  # nothing was captured since the last flush: no segment to end
         segment.flushed = True
         tail = segment.resampler.flush()
-        if len(tail) and not segment.finished:
-            segment.pending.append(tail)
+        if not segment.finished:
+            if len(tail):
+                self._queue(segment, tail)
+            if segment.playback is not None:
+                segment.playback.close()  # ends once what it holds has played
         self._pump()
 
     def clear_buffer(self) -> None:
@@ -213,8 +213,15 @@ class AudioOutputToLeg(AudioOutput):
             return self._segments[-1]
         return None
 
+    @staticmethod
+    def _queue(segment: _Segment, samples: NDArray[np.int16]) -> None:
+        if segment.playback is not None:
+            segment.playback.append(samples)  # no gap: it joins the clip already playing
+        else:
+            segment.pending.append(samples)
+
     def _pump(self) -> None:
-        """Move the oldest segment on: play what it has, or report it finished."""
+        """Move the oldest segment on: start it playing, or report it finished."""
         while self._segments:
             segment = self._segments[0]
             if segment.finished:
@@ -223,48 +230,40 @@ class AudioOutputToLeg(AudioOutput):
                 self._segments.popleft()
                 continue
             if segment.playback is not None:
-                return  # the clip's end moves it on
+                return  # its end moves it on
             if segment.pending:
                 if not self.leg.ai_connected:  # held, handed over or gone: the agent is mute
-                    self._finish(segment, self._position(segment), interrupted=True)
+                    self._finish(segment, 0.0, interrupted=True)
                     continue
                 self._play(segment)
                 return
             if not segment.flushed:
-                return  # waiting for more frames
-            self._finish(segment, self._position(segment), interrupted=False)
+                return  # waiting for its first frames
+            self._finish(segment, 0.0, interrupted=False)  # flushed with nothing in it
 
     def _play(self, segment: _Segment) -> None:
+        """One open playback per segment: frames that come while it plays are appended to it,
+        so the caller hears the segment without a gap wherever the TTS fell behind."""
         samples = np.concatenate(segment.pending)
         segment.pending = []
-        playback = self.leg.media.play(AudioClip(samples, PHONE_RATE))
+        playback = self.leg.media.play(AudioClip(samples, PHONE_RATE), appendable=True)
         segment.playback = playback
-        segment.playing_samples = len(samples)
-        if not segment.started:
-            segment.started = True
-            self.on_playback_started(created_at=time.time())
+        if segment.flushed:
+            playback.close()
+        self.on_playback_started(created_at=time.time())
         playback.done.add_done_callback(lambda _: self._clip_ended(segment, playback))
 
     def _clip_ended(self, segment: _Segment, playback: Playback) -> None:
         if segment.finished or segment.playback is not playback:
             return  # cleared already
-        if playback.stopped:  # stopped by someone else: a hold, the bridge, the hang-up
-            self._finish(segment, self._position(segment), interrupted=True)
-        else:
-            segment.played_samples += segment.playing_samples
-            segment.playback = None
-            segment.playing_samples = 0
+        # Stopped by someone else (a hold, the bridge, the hang-up, another clip): cut short.
+        self._finish(segment, playback.sent_seconds, interrupted=playback.stopped)
         self._pump()
 
-    def _position(self, segment: _Segment) -> float:
-        """Seconds of the segment the caller has heard: the clips played out, plus the part of
-        the current one sent so far (one frame at once, then one per 20 ms tick)."""
-        heard = segment.played_samples
-        playback = segment.playback
-        if playback is not None and playback.first_sent_at is not None:
-            elapsed = asyncio.get_running_loop().time() - playback.first_sent_at + 0.020
-            heard += min(segment.playing_samples, max(0, round(elapsed * PHONE_RATE)))
-        return heard / PHONE_RATE
+    @staticmethod
+    def _position(segment: _Segment) -> float:
+        """Seconds of the segment the caller has heard so far."""
+        return 0.0 if segment.playback is None else segment.playback.sent_seconds
 
     def _finish(self, segment: _Segment, position: float, *, interrupted: bool) -> None:
         segment.finished = True

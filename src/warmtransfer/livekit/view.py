@@ -16,7 +16,7 @@ Rules kept here (each one a reference defect):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from warmtransfer.consult.ports import LegGone
@@ -25,7 +25,8 @@ from warmtransfer.consult.ports import LegGone
 @dataclass(frozen=True)
 class RoomChange:
     """One thing that happened in a room. `kind` is one of joined, published, unpublished,
-    left, dtmf, closed; `value` is the track sid, the disconnect reason or the digit."""
+    attributes, left, dtmf, closed; `value` is the track sid, the disconnect reason or the
+    digit (for attributes, read them with `RoomView.attribute`)."""
 
     kind: str
     identity: str = ""
@@ -44,6 +45,7 @@ class RoomView:
         self._tracks: dict[str, list[str]] = {}
         self._ever: set[str] = set()
         self._left: dict[str, str] = {}
+        self._attributes: dict[str, dict[str, str]] = {}
         self._keys: dict[str, asyncio.Queue[str]] = {}
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
@@ -69,6 +71,14 @@ class RoomView:
         if sid in tracks:
             tracks.remove(sid)
         self._emit(RoomChange("unpublished", identity, sid))
+
+    def attributes(self, identity: str, attributes: Mapping[str, str]) -> None:
+        """A participant's attributes as they are now (LiveKit SIP keeps a call's progress in
+        ``sip.callStatus``: dialing, ringing, active, hangup)."""
+        if identity not in self._tracks:
+            self.joined(identity)
+        self._attributes[identity] = dict(attributes)
+        self._emit(RoomChange("attributes", identity))
 
     def left(self, identity: str, reason: str) -> None:
         """`reason` is whatever the server said (a DisconnectReason name); every one counts."""
@@ -101,6 +111,9 @@ class RoomView:
     def has_left(self, identity: str) -> bool:
         """True once `identity` left (any reason) or our connection closed."""
         return self.closed_reason is not None or identity in self._left
+
+    def attribute(self, identity: str, key: str) -> str | None:
+        return self._attributes.get(identity, {}).get(key)
 
     def left_reason(self, identity: str) -> str | None:
         if identity in self._left:

@@ -408,12 +408,21 @@ class RtpSession(asyncio.DatagramProtocol):
 
     # -- sending ----------------------------------------------------------------------------
 
-    def play(self, clip: AudioClip, *, loop: bool = False, volume: float = 1.0) -> Playback:
-        """Start playing `clip` now, replacing whatever was playing."""
+    def play(
+        self,
+        clip: AudioClip,
+        *,
+        loop: bool = False,
+        volume: float = 1.0,
+        appendable: bool = False,
+    ) -> Playback:
+        """Start playing `clip` now, replacing whatever was playing (`appendable`: see Playback)."""
         if self.format is None:
             raise RuntimeError(f"RTP session {self.name} has no negotiated format yet")
         self.stop_playback()
-        playback = Playback(clip, self.format.codec, loop=loop, volume=volume)
+        playback = Playback(
+            clip, self.format.codec, loop=loop, volume=volume, appendable=appendable
+        )
         if self._is_closed():
             playback.stop()  # nothing will ever pace it out: done now rather than never
             return playback
