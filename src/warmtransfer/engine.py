@@ -158,6 +158,12 @@ class Engine:
             self.spotter.close()
         if self._own_stt is not None:
             self._own_stt.close()
+        # Remote providers hold connection pools (OpenAI-compatible clients); left open, each
+        # engine closed in a long-lived process would leak its sockets.
+        for provider in (self.tts, self.stt):
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def __aenter__(self) -> Engine:
         return await self.start()

@@ -394,3 +394,26 @@ async def test_fake_openai_stt_sends_nothing_for_an_empty_clip(fake_openai: Fake
     async with OpenAISTT(fake_openai.base_url, KEY) as stt:
         assert await stt.transcribe(AudioClip.silence(0.0)) == ""
     assert fake_openai.requests == []
+
+
+async def test_fake_openai_engine_close_closes_its_speech_clients(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """An engine built from a config with OpenAI-compatible speech owns those clients: its
+    close() must release their connections (a long-lived service closing engines leaked them)."""
+    from warmtransfer.consult.chat import ChatClient
+    from warmtransfer.engine import Engine
+
+    fake_openai.reply("GET", "/v1/models", body=b'{"data": []}')
+    fake_openai.reply(
+        "POST", "/v1/audio/speech", body=tone(0.2, 24000).tobytes(), content_type="audio/pcm"
+    )
+    tts = OpenAITTS(fake_openai.base_url, KEY)
+    stt = OpenAISTT(fake_openai.base_url, KEY)
+    chat = ChatClient(fake_openai.base_url, KEY, "gpt-test")  # the STT serves the LLM consult
+    engine = await Engine("127.0.0.1", 0, tts=tts, stt=stt, chat=chat).start()
+    open_clients = [tts._client, stt._client]
+    assert all(client is not None and not client.is_closed for client in open_clients)
+    await engine.close()
+    assert all(client is not None and client.is_closed for client in open_clients)
+    assert tts._client is None and stt._client is None
