@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import inspect
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -126,6 +127,9 @@ class Engine:
         self.bridge = SipBridge(self.spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.transfers: dict[str, WarmTransfer] = {}
+        self._caller_legs: weakref.WeakKeyDictionary[Call, SipCallerLeg] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def start(self) -> Engine:
         """Check the speech providers, then listen. A provider that is misconfigured or
@@ -184,7 +188,13 @@ class Engine:
         return await self.ua.next_call()
 
     def caller_leg(self, call: Call) -> SipCallerLeg:
-        return SipCallerLeg(call, self.tts)
+        """The caller's leg of `call`: one per call, shared by whoever asks (the agent, a
+        transfer started through the API), so that a hold by one is seen by the other (the
+        agent must not speak over hold music, nor hear the held caller)."""
+        leg = self._caller_legs.get(call)
+        if leg is None:
+            leg = self._caller_legs[call] = SipCallerLeg(call, self.tts)
+        return leg
 
     def transfer(
         self,

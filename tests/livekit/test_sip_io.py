@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,12 +13,12 @@ from livekit import rtc
 from livekit.agents.voice.io import PlaybackFinishedEvent
 from numpy.typing import NDArray
 
+from tests.calls import answered_call
 from warmtransfer.backends.sip import SipCallerLeg
 from warmtransfer.livekit.sip_io import AudioInputFromLeg, AudioOutputToLeg
 from warmtransfer.media.audio import AudioClip
 from warmtransfer.media.levels import rms_dbfs
 from warmtransfer.sip.call import Call
-from warmtransfer.sip.useragent import UserAgent
 from warmtransfer.transfer.plan import HoldAudio
 
 LOUD = -30.0  # dBFS: a 20 ms frame of the test tone is far above, silence far below
@@ -68,28 +67,12 @@ class Line:
     ear: Ear
 
 
-@asynccontextmanager
-async def answered_call() -> AsyncIterator[Line]:
-    ours = await UserAgent("127.0.0.1", user="wt").start()
-    theirs = await UserAgent("127.0.0.1", user="phone").start()
-    try:
-        dialling = asyncio.ensure_future(theirs.call(f"sip:wt@127.0.0.1:{ours.port}"))
-        async with asyncio.timeout(5):
-            incoming = await ours.next_call()
-            await incoming.answer()
-            phone = await dialling
+@pytest.fixture
+async def line() -> AsyncIterator[Line]:
+    async with answered_call() as (incoming, phone):
         ear = Ear()
         with phone.media.listening(ear):
             yield Line(SipCallerLeg(incoming), phone, ear)
-    finally:
-        await theirs.close()
-        await ours.close()
-
-
-@pytest.fixture
-async def line() -> AsyncIterator[Line]:
-    async with answered_call() as answered:
-        yield answered
 
 
 def recorded(out: AudioOutputToLeg) -> tuple[list[float], list[PlaybackFinishedEvent]]:

@@ -55,6 +55,11 @@ class FakeLeg:
     async def next_key(self) -> str:
         return await self.keys.get()
 
+    agent_key = next_key
+
+    async def wait_with_ai(self) -> None:
+        """Never held here (the pause on a hold is tested over SIP, test_serve_http.py)."""
+
 
 class FakeTTS:
     async def synthesize(self, text: str) -> str:

@@ -151,6 +151,14 @@ class SipCallerLeg(_MediaLeg):
         self.prompts: list[Playback] = []  # the progress prompts played (for timelines)
         self.message_started = asyncio.Event()  # the caller's message is being recorded
         self.message_started_at: float | None = None  # loop time, just after the tone
+        # Not held (set) / held (cleared): what an agent waits on while a transfer it did not
+        # start (one started through the HTTP API) has the caller.
+        self._not_held = asyncio.Event()
+        self._not_held.set()
+        self._held_now = asyncio.Event()
+        #: Held by whoever runs a transfer on this call (its agent, or the HTTP API), from
+        #: before its first await to its end: one transfer per call, never two hunting at once.
+        self.transfer_lock = asyncio.Lock()
 
     # -- for the AI agent -------------------------------------------------------------------
 
@@ -164,6 +172,44 @@ class SipCallerLeg(_MediaLeg):
         if not self.ai_connected:
             raise LegGone("the caller is not with the AI (held, transferred or gone)")
         await self.play(clip)
+
+    async def wait_with_ai(self) -> None:
+        """Until the caller is with the AI: at once if they are, else when a hold ends. Raises
+        LegGone if they never will be again (handed over to a human, or gone)."""
+        while True:
+            if self.bridged or self.hung_up:
+                raise LegGone("the caller is not with the AI any more (transferred or gone)")
+            if not self.held:
+                return
+            await _until_ended(self.call, self._not_held.wait())
+
+    async def agent_key(self) -> str:
+        """The caller's next key, for the AI. A key pressed while held is the transfer's (its
+        * and # ), never the AI's: this waits out any hold, and gives up its place in the queue
+        the moment a hold begins rather than take a key meant for the transfer."""
+        while True:
+            await self.wait_with_ai()
+            key = asyncio.ensure_future(self.next_key())
+            held = asyncio.ensure_future(self._held_now.wait())
+            try:
+                await asyncio.wait({key, held}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                held.cancel()
+                if not key.done():
+                    key.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await key
+            if key.done() and not key.cancelled():
+                return key.result()
+
+    def _set_held(self, held: bool) -> None:
+        self.held = held
+        if held:
+            self._not_held.clear()
+            self._held_now.set()
+        else:
+            self._held_now.clear()
+            self._not_held.set()
 
     @contextlib.contextmanager
     def ai_listening(self, sink: Callable[[NDArray[np.int16]], None]) -> Iterator[None]:
@@ -179,7 +225,7 @@ class SipCallerLeg(_MediaLeg):
     # -- for the transfer (CallerLeg port) --------------------------------------------------
 
     async def hold(self, audio: HoldAudio) -> None:
-        self.held = True
+        self._set_held(True)
         self.media.stop_playback()
         self.media.clear_keys()
         loop = asyncio.get_running_loop()
@@ -235,7 +281,7 @@ class SipCallerLeg(_MediaLeg):
             self.hold_playback = None
         self.media.stop_playback()
         self.media.clear_keys()  # keys pressed on hold are the transfer's, never the AI's
-        self.held = False
+        self._set_held(False)
         self.release_phone_hold()
 
     def release_phone_hold(self) -> None:
@@ -473,7 +519,7 @@ class SipBridge:
         media = MediaBridge(caller.media, target.media)
         media.start()
         caller.bridged = True
-        caller.held = False
+        caller._set_held(False)  # wakes an agent waiting out the hold: it learns it is over
         caller.release_phone_hold()
         bridged = BridgedCall(
             caller, target, media, asyncio.get_running_loop().time(), asyncio.Event()

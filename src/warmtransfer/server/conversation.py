@@ -77,6 +77,6 @@ async def read_digits(leg: SipCallerLeg, timeout: float = 20.0, *, end: str = "#
     when the caller has not finished by `timeout`: a half-typed number is not a number."""
     digits = ""
     async with asyncio.timeout(timeout):
-        while (key := await leg.next_key()) != end:
+        while (key := await leg.agent_key()) != end:
             digits += key
     return digits

@@ -241,16 +241,25 @@ class EngineServiceApi:
                     f"call {call_id!r} already has transfer {tracked.transfer.transfer_id} running"
                 )
         leg = self.engine.caller_leg(call)
-        recorded = self._recorded(call_id) if self._recorded is not None else None
-        if recorded is not None:
-            transfer = recorded.transfer(leg, plan, briefing, on_event=self._emit)
-        else:
-            transfer = self.engine.transfer(leg, plan, briefing, on_event=self._emit)
-        tracked = _Tracked(call_id, transfer, briefing, recorded=recorded is not None)
-        self._remember(transfer.transfer_id, tracked)
-        loop = asyncio.get_running_loop()
-        tracked.task = loop.create_future()
-        self.engine.spawn(self._run(tracked, recorded))
+        # The call's transfer lock, taken with no await before it (an unlocked asyncio.Lock is
+        # acquired at once): the agent's own transfer, even one still building its briefing,
+        # holds it too, so two transfers never hunt on one call.
+        if leg.transfer_lock.locked() or leg.bridged:
+            raise TransferConflict(f"call {call_id!r} is already in a transfer")
+        await leg.transfer_lock.acquire()
+        try:
+            recorded = self._recorded(call_id) if self._recorded is not None else None
+            if recorded is not None:
+                transfer = recorded.transfer(leg, plan, briefing, on_event=self._emit)
+            else:
+                transfer = self.engine.transfer(leg, plan, briefing, on_event=self._emit)
+            tracked = _Tracked(call_id, transfer, briefing, recorded=recorded is not None)
+            self._remember(transfer.transfer_id, tracked)
+            tracked.task = asyncio.get_running_loop().create_future()
+            self.engine.spawn(self._run(tracked, recorded, leg.transfer_lock))
+        except BaseException:
+            leg.transfer_lock.release()
+            raise
         return self._info(tracked)
 
     def _remember(self, transfer_id: str, tracked: _Tracked) -> None:
@@ -259,7 +268,15 @@ class EngineServiceApi:
         for tid in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._tracked[tid]
 
-    async def _run(self, tracked: _Tracked, recorded: RecordedCall | None) -> None:
+    async def _run(
+        self, tracked: _Tracked, recorded: RecordedCall | None, lock: asyncio.Lock
+    ) -> None:
+        try:
+            await self._run_locked(tracked, recorded)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, tracked: _Tracked, recorded: RecordedCall | None) -> None:
         transfer, briefing = tracked.transfer, tracked.briefing
         assert tracked.task is not None
         with log_context(call_id=tracked.call_id, transfer_id=transfer.transfer_id):

@@ -135,10 +135,16 @@ class CallSession:
 
     # -- talking ------------------------------------------------------------------------------
 
+    # While a transfer this agent did not start (one started through the HTTP API) holds the
+    # caller, the agent is paused: `say`, `hear`, `listen` and `next_key` wait until the caller
+    # is back (the transfer failed: the agent carries on where it was) or raise LegGone if the
+    # caller was handed over or hung up. A hold that begins while the agent speaks cuts it off.
+
     async def say(self, text: str) -> None:
-        """Speak `text` to the caller; returns when it has been played. It joins the
-        transcript the briefing is made from."""
+        """Speak `text` to the caller; returns when it has been played (or cut off by a hold).
+        It joins the transcript the briefing is made from."""
         clip = await self.engine.tts.synthesize(text)
+        await self.leg.wait_with_ai()
         self.transcript.append(Turn("agent", text))
         await self.leg.say(clip)
 
@@ -149,6 +155,7 @@ class CallSession:
     async def hear(self, timeout: float = 20.0, *, silence_ms: int = 700) -> AudioClip | None:
         """The caller's next turn as audio (until they pause, at most `timeout`), for an agent
         with its own speech recognition; None when nothing arrived."""
+        await self.leg.wait_with_ai()
         return await record_turn(self.leg, timeout, silence_ms=silence_ms)
 
     async def listen(self, timeout: float = 20.0, *, silence_ms: int = 700) -> str:
@@ -166,10 +173,10 @@ class CallSession:
         """The next key the caller presses (keys pressed earlier are queued, none is lost);
         None if none came within `timeout`."""
         if timeout is None:
-            return await self.leg.next_key()
+            return await self.leg.agent_key()
         try:
             async with asyncio.timeout(timeout):
-                return await self.leg.next_key()
+                return await self.leg.agent_key()
         except TimeoutError:
             return None
 
@@ -208,19 +215,23 @@ class CallSession:
         agent, who should say so."""
         chosen = self.plan(plan)
         self.facts.update(facts or {})
-        if briefing is None:
-            briefing = await build_briefing(
-                self.transcript,
-                self.facts,
-                self.caller.name or self.caller.number,
-                self.summarizer,
-            )
-        self.briefing = briefing
-        self.idle.clear()
-        try:
-            outcome, transfer_id = await self._run_transfer(chosen, briefing)
-        finally:
-            self.idle.set()
+        # One transfer per call: one the API started first is waited out (and if it handed the
+        # caller over, there is nothing left to transfer: LegGone).
+        async with self.leg.transfer_lock:
+            await self.leg.wait_with_ai()
+            if briefing is None:
+                briefing = await build_briefing(
+                    self.transcript,
+                    self.facts,
+                    self.caller.name or self.caller.number,
+                    self.summarizer,
+                )
+            self.briefing = briefing
+            self.idle.clear()
+            try:
+                outcome, transfer_id = await self._run_transfer(chosen, briefing)
+            finally:
+                self.idle.set()
         self.outcomes.append(outcome)
         if self.on_finish is not None and transfer_id is not None:
             if self.recorded is not None:
