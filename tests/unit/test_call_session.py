@@ -48,6 +48,7 @@ class FakeLeg:
         self.said: list[str] = []
         self.keys: asyncio.Queue[str] = asyncio.Queue()
         self.bridged = False
+        self.transfer_lock = asyncio.Lock()
 
     async def say(self, clip: str) -> None:
         self.said.append(clip)
