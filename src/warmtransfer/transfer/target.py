@@ -3,6 +3,13 @@
 A target is data, not behaviour: every backend reads the same fields. The allow-list lives here,
 beside the target, because the rule "never dial what the configuration does not allow" must be
 checked before any backend sees a destination: an LLM can be talked into any number (toll fraud).
+
+Patterns are matched against the destination a URI really reaches, as the SIP stack reads it
+(`destination`: scheme, user, host, port), never against the text as written: matched as text,
+``sip:900@evil.example;x=@pbx.example.com`` fits ``sip:*@pbx.example.com`` while the INVITE goes
+to evil.example. So the one URI parser of the SIP stack is used here too (two parsers that
+disagree are exactly that hole), and a target may not carry what could redirect it or add to
+the request: URI headers (``?``), ``maddr`` or any parameter but ``transport`` and ``user``.
 """
 
 from __future__ import annotations
@@ -12,12 +19,50 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from warmtransfer.sip.uri import SipUri, SipUriError
+
 _DIGITS = re.compile(r"^[0-9*#A-Dw,]*$")
 _HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
 _NUMBER = re.compile(r"^\+?[0-9]{1,32}$")
 # Never in an identity URI: whitespace, controls and the characters that end a name-addr or
 # start URI headers. The SIP stack checks again; refusing here names the field at load time.
 _IDENTITY_FORBIDDEN = re.compile(r'[\x00-\x20\x7f-\x9f\u2028\u2029<>"?]')
+#: URI parameters a target may carry: they choose how to reach the host, not which host.
+TARGET_URI_PARAMS = ("transport", "user")
+_TEL_NUMBER = re.compile(r"^\+?[0-9*#][0-9*#().-]*$")
+_TEL_SEPARATORS = re.compile(r"[().-]")
+
+
+def destination(uri: str) -> str:
+    """Where `uri` really leads, in the form allow-list patterns are written in:
+    ``sip:user@host:port`` with only the permitted parameters, or ``tel:+digits`` (visual
+    separators dropped). Raises ValueError, saying why, for anything a target may not be."""
+    if uri.startswith("tel:"):
+        number = uri[4:]
+        if not _TEL_NUMBER.fullmatch(number):
+            raise ValueError(
+                f"target URI {uri!r}: a tel: target is a number only (digits, optional +, "
+                "no parameters)"
+            )
+        return "tel:" + _TEL_SEPARATORS.sub("", number)
+    try:
+        parsed = SipUri.parse(uri)
+    except SipUriError as exc:
+        raise ValueError(f"target URI {uri!r} is not a valid SIP URI: {exc}") from None
+    if parsed.headers:
+        raise ValueError(f"target URI {uri!r} carries URI headers ('?…'): not allowed in a target")
+    for name, _ in parsed.params:
+        if name.lower() not in TARGET_URI_PARAMS:
+            allowed = ", ".join(TARGET_URI_PARAMS)
+            raise ValueError(
+                f"target URI {uri!r}: parameter {name!r} is not allowed in a target "
+                f"(only {allowed})"
+            )
+    where = f"{parsed.user}@{parsed.host}" if parsed.user is not None else parsed.host
+    if parsed.port is not None:
+        where += f":{parsed.port}"
+    params = "".join(f";{name}={value}" if value else f";{name}" for name, value in parsed.params)
+    return f"{parsed.scheme}:{where}{params}"
 
 
 class Target(BaseModel):
@@ -51,6 +96,7 @@ class Target(BaseModel):
             raise ValueError(f"target URI {value!r} must start with sip:, sips: or tel:")
         if any(ch in value for ch in '\r\n\0 <>"'):
             raise ValueError(f"target URI {value!r} contains a forbidden character")
+        destination(value)  # headers, maddr, unparseable: refused here, naming the field
         return value
 
     @field_validator("asserted_identity", "diversion")
@@ -116,7 +162,13 @@ class AllowList(BaseModel):
     patterns: tuple[str, ...] = ()
 
     def allows(self, uri: str) -> bool:
-        return any(fnmatch.fnmatchcase(uri, pattern) for pattern in self.patterns)
+        """Whether the destination `uri` really reaches fits a pattern (see `destination`);
+        a URI that is not a valid target is never allowed."""
+        try:
+            where = destination(uri)
+        except ValueError:
+            return False
+        return any(fnmatch.fnmatchcase(where, pattern) for pattern in self.patterns)
 
     def check(self, target: Target, where: str = "destination") -> None:
         if not self.allows(target.uri):
