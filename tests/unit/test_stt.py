@@ -283,6 +283,25 @@ async def test_thresholds_come_from_measurements_or_the_phrase_length() -> None:
     assert thresholds["put them through"] == pytest.approx(1e-6)
 
 
+async def test_decoders_load_only_the_phrases_words_and_the_file_goes_with_the_spotter() -> None:
+    """The full dictionary costs 27 MB per decoder (one per call listened to at once); the
+    phrases' words alone cost 5.4 MB (measured here, with the default phrases)."""
+    engine = KeywordSpotter({"yes": "accept", "read it again": "repeat"})
+    try:
+        decoder = await engine._borrow()
+        assert decoder.lookup_word("yes") is not None
+        assert decoder.lookup_word("again") is not None
+        assert decoder.lookup_word("refund") is None  # in the full dictionary, not in ours
+        small = engine._dictionary
+        assert small is not None
+        heads = {line.split()[0] for line in small.read_text().splitlines()}
+        assert heads == {"yes", "read", "read(2)", "it", "again", "again(2)"}
+        engine._give_back(decoder)
+    finally:
+        engine.close()
+    assert not small.exists()
+
+
 def test_missing_model_names_the_provider_and_the_fix(tmp_path: Path) -> None:
     missing = PocketsphinxModel(tmp_path / "en-us", tmp_path / "x.dict", tmp_path / "x.lm.bin")
     for engine in (KeywordSpotter(model=missing), PocketsphinxSTT(missing)):

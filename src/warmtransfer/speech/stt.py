@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import re
@@ -261,6 +262,19 @@ def _decoder(model: PocketsphinxModel, **search: str | None) -> Decoder:
         ) from exc
 
 
+def _phrase_dictionary(full: Path, words: set[str]) -> Path:
+    """A pronunciation dictionary with only `words` (and their alternates, ``word(2)``), taken
+    from `full`, in a temporary file the caller deletes. A word `full` lacks is left out, and
+    the lookup that follows names it."""
+    handle, name = tempfile.mkstemp(prefix="warmtransfer-kws-", suffix=".dict")
+    with os.fdopen(handle, "w", encoding="utf-8") as out, full.open(encoding="utf-8") as source:
+        for line in source:
+            head = line.split(maxsplit=1)[0] if line.strip() else ""
+            if head.split("(", 1)[0] in words:
+                out.write(line)
+    return Path(name)
+
+
 def _to_decoder_rate(clip: AudioClip) -> NDArray[np.int16]:
     """16 kHz, 0.5 s of silence after, and a +-1 LSB dither.
 
@@ -390,7 +404,11 @@ class KeywordSpotter:
         self._idle: list[Decoder] = []
         self._wide_cmn = ""
         self._load_lock = threading.Lock()
+        self._dictionary: Path | None = None  # the phrases' words, written at the first load
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kws")
+
+    def _words(self) -> set[str]:
+        return {word for phrase in self._meanings for word in phrase.split()}
 
     @property
     def phrases(self) -> Mapping[str, str]:
@@ -445,9 +463,13 @@ class KeywordSpotter:
             model = self._model()
             model.check(language_model=False)
             _probe(model, language_model=False)
-            # no n-gram model (0.2 s to load for nothing); with the dictionary loaded each
-            # phrase's length is known before its threshold is written down
-            decoder = _decoder(model, lm=None)
+            # No n-gram model (0.2 s to load for nothing), and a dictionary of the phrases'
+            # words only: the full one costs 27 MB per decoder, one decoder per call listened
+            # to at once. With it loaded each phrase's length is known before its threshold is
+            # written down.
+            if self._dictionary is None:
+                self._dictionary = _phrase_dictionary(model.dictionary, self._words())
+            decoder = _decoder(dataclasses.replace(model, dictionary=self._dictionary), lm=None)
             if not self._wide_cmn:
                 self._wide_cmn = decoder.get_cmn()  # the model's own starting estimate
             if self._thresholds is None:
@@ -493,6 +515,8 @@ class KeywordSpotter:
     def close(self) -> None:
         """Stop the worker thread once queued work is done (the spotter cannot be used after)."""
         self._worker.shutdown(wait=False)
+        if self._dictionary is not None:
+            self._dictionary.unlink(missing_ok=True)
 
 
 class SpotterSession:
