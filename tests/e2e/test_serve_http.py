@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from tests.e2e.conftest import baresip_caller, baresip_human
 from tests.e2e.test_serve import serve
 from tests.e2e.test_serve import write_config as base_config
 from tests.peers.ports import free_port_pair
+from tests.peers.sipp import SippPeer
 from warmtransfer.server.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -64,18 +65,24 @@ class Receiver:
     def handoffs(self) -> list[dict[str, Any]]:
         return [d for d in self.verified if d["type"] == "transfer.handoff"]
 
-    async def wait_handoff(self, timeout: float) -> dict[str, Any]:
+    def events(self) -> list[dict[str, Any]]:
+        return [d["data"] for d in self.verified if d["type"] == "transfer.event"]
+
+    async def wait_for(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self.handoffs():
+        while not ready():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no handoff delivery in {timeout} s: {self.verified}")
+                raise AssertionError(f"no {what} delivered in {timeout} s: {self.verified}")
             self.changed.clear()
             try:
                 async with asyncio.timeout(remaining):
                     await self.changed.wait()
             except TimeoutError:
                 continue
+
+    async def wait_handoff(self, timeout: float) -> dict[str, Any]:
+        await self.wait_for(lambda: bool(self.handoffs()), "handoff", timeout)
         return self.handoffs()[-1]
 
 
@@ -212,7 +219,7 @@ async def test_serve_with_api_webhooks_and_metrics(
     assert not hooks.rejected, hooks.rejected
     kinds = [d["type"] for d in hooks.verified]
     assert kinds.count("transfer.handoff") == 1, kinds
-    events = [d["data"] for d in hooks.verified if d["type"] == "transfer.event"]
+    events = hooks.events()
     assert events and events[-1]["state"] == "completed", events
     transfer_id = handoff["data"]["transfer_id"]
     assert {e["transfer_id"] for e in events} == {transfer_id}
@@ -284,6 +291,61 @@ async def test_a_transfer_started_through_the_api_is_signed_and_recorded(
             assert await service.wait_exit(20) == 0, service.tail()
     assert "Traceback" not in service.log, service.tail()
     assert not hooks.rejected, hooks.rejected
-    events = [d["data"] for d in hooks.verified if d["type"] == "transfer.event"]
+    events = hooks.events()
     assert {e["transfer_id"] for e in events} == {transfer_id}
     assert events[-1]["state"] == "completed"
+
+
+async def test_the_agent_pauses_while_an_api_transfer_holds_the_caller_then_carries_on(
+    tmp_path: Path,
+    caller_wav: Path,
+    need_baresip: None,
+    need_sipp: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app starts a transfer to a human who rings, then is busy. While the caller is held
+    the built-in agent is paused: a 0 pressed on hold is the transfer's key (ignored), not the
+    agent's "transfer me". Once the transfer has failed the caller is back with the agent, not
+    hung up, and the same key now reaches the agent's menu."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    port = free_port_pair()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        receiver() as hooks,
+        SippPeer.uas(tmp_path, "uas_busy", variables={"ring_ms": 4000}, timeout=120) as human,
+    ):
+        config = write_config(tmp_path, port, human.uri, hooks.url)
+        async with serve(tmp_path, config) as service:
+            listening = await service.wait_for_output(r"HTTP API listening on \S+:(\d+)", 120)
+            await service.wait_for_output(r"ready: taking calls", timeout=120)
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{listening.group(1)}") as http,
+                baresip_caller(tmp_path, caller_wav) as caller,
+            ):
+                await caller.dial(f"sip:warmtransfer@127.0.0.1:{port}")
+                await caller.wait_event("CALL_ESTABLISHED")
+                answered = await service.wait_for_output(r"call (\S+) from \S+ answered", 10)
+                call_id = answered.group(1)
+                started = await http.post(
+                    f"/v1/calls/{call_id}/transfers",
+                    headers=auth,
+                    json={"plan": "front", "briefing": {"summary": "Asked for a refund."}},
+                    timeout=10,
+                )
+                assert started.status_code == 202, started.text
+                await hooks.wait_for(
+                    lambda: any(e["event"] == "Ringing" for e in hooks.events()), "Ringing", 20
+                )
+                await caller.send_dtmf("0")  # on hold: not the agent's
+                handoff = await hooks.wait_handoff(30)
+                assert handoff["data"]["outcome"]["reason"] == "busy", handoff
+                assert "caller pressed 0" not in service.log, service.tail()
+                assert "CALL_CLOSED" not in caller.event_types()  # back with the agent
+                await caller.send_dtmf("0")
+                await service.wait_for_output(r"caller pressed 0, transferring", 30)
+                await caller.hangup()
+                await service.wait_for_output(rf"call {re.escape(call_id)} ended", 40)
+            os.kill(service.pid or 0, signal.SIGTERM)
+            assert await service.wait_exit(20) == 0, service.tail()
+    assert "Traceback" not in service.log, service.tail()
+    assert not hooks.rejected, hooks.rejected
