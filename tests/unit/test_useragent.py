@@ -479,6 +479,18 @@ async def test_options_outside_a_dialog_gets_200_with_allow(ua: UserAgent, wire:
     assert {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO"} <= allowed
 
 
+async def test_options_while_refusing_calls_gets_the_refusal(ua: UserAgent, wire: Wire) -> None:
+    """RFC 3261 11.2: OPTIONS is answered as an INVITE would be, so a proxy's pings see a
+    draining server as unavailable (and take it out of its set) before it sends a call."""
+    ua.refusing_calls = (503, "Service Unavailable", 30)
+    wire.send(wire.request("OPTIONS", ua.address, call_id=new_call_id()), ua.address)
+    refused = await wire.response(503, "OPTIONS")
+    assert refused.headers.get("Retry-After") == "30"
+    ua.refusing_calls = None
+    wire.send(wire.request("OPTIONS", ua.address, call_id=new_call_id()), ua.address)
+    await wire.response(200, "OPTIONS")
+
+
 @pytest.mark.parametrize("method", ["FOOBAR", "SUBSCRIBE", "BY", "E"])
 async def test_an_unknown_method_gets_501(ua: UserAgent, wire: Wire, method: str) -> None:
     wire.send(wire.request(method, ua.address, call_id=new_call_id()), ua.address)

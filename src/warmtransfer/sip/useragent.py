@@ -267,6 +267,11 @@ class UserAgent:
         self.credentials = credentials
         self.inbound = inbound
         self.session_timer = session_timer
+        #: Set while new calls are refused (a service draining): (status, reason, Retry-After
+        #: seconds). Out-of-dialog OPTIONS then get it too, as RFC 3261 11.2 asks (answer as an
+        #: INVITE would be), so a proxy that pings us (kamailio's dispatcher) takes us out of
+        #: its set before it sends a call our way rather than after a refused INVITE.
+        self.refusing_calls: tuple[int, str, int] | None = None
         self._nonce_counts = NonceCounts()
         self._verifier: DigestVerifier | None = None
         if inbound is not None and inbound.credentials is not None:
@@ -790,6 +795,11 @@ class UserAgent:
                 return make_response(request, 481)
             return make_response(request, 200)
         if method == "OPTIONS" and request.to.tag is None:
+            if self.refusing_calls is not None:
+                status, reason, retry_after = self.refusing_calls
+                return make_response(
+                    request, status, reason, extra=[("Retry-After", str(retry_after))]
+                )
             return make_response(
                 request, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")]
             )
