@@ -138,10 +138,18 @@ def human_wav(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def baresip_caller(workdir: Path, wav: Path) -> AsyncIterator[BaresipPeer]:
-    """A baresip phone that calls the engine; its microphone plays `wav` (the caller's tone)."""
+async def baresip_caller(
+    workdir: Path, wav: Path, *, password: str | None = None
+) -> AsyncIterator[BaresipPeer]:
+    """A baresip phone that calls the engine; its microphone plays `wav` (the caller's tone).
+    `password`: answers a proxy's digest challenge as user "caller"."""
     async with BaresipPeer.start(
-        workdir, name="caller", user="caller", audio_wav=wav, sip_port=free_port_pair()
+        workdir,
+        name="caller",
+        user="caller",
+        audio_wav=wav,
+        sip_port=free_port_pair(),
+        extra_account_params=f";auth_pass={password}" if password else "",
     ) as caller:
         yield caller
 

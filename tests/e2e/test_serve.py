@@ -24,7 +24,16 @@ pytestmark = pytest.mark.peers
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_config(folder: Path, port: int, human_uri: str, *, consult_timeout: float = 30) -> Path:
+def write_config(
+    folder: Path,
+    port: int,
+    human_uri: str,
+    *,
+    consult_timeout: float = 30,
+    records: Path | str = "records.sqlite3",
+) -> Path:
+    """A config of the scripted agent's `front` plan to `human_uri`; `records` relative to
+    `folder`. Other tests append sections to it."""
     path = folder / "warmtransfer.toml"
     path.write_text(
         f"""
@@ -47,7 +56,7 @@ spoken_answers = false   # the human's microphone sends a tone, not words
 answer_detection = false
 
 [records]
-path = "records.sqlite3"
+path = "{records}"
 """
     )
     return path

@@ -36,14 +36,14 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from .ports import LOOPBACK, free_udp_port
 from .process import PeerError, PeerProcess, RunsAProcess
 
-__all__ = ["KAMAILIO", "KamailioPeer", "PeerError"]
+__all__ = ["KAMAILIO", "KamailioPeer", "PeerError", "run_kamailio", "wait_answering_options"]
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
@@ -177,24 +177,97 @@ class _Probe(asyncio.DatagramProtocol):
         self.replies.put_nowait(data)
 
 
+async def wait_answering_options(
+    proc: PeerProcess, address: tuple[str, int], timeout: float
+) -> None:
+    """Until the kamailio at `address` answers an OPTIONS to its own URI with 200 (each probe
+    waits for a reply with a deadline, then probes again); PeerError if it exits or the
+    deadline passes. Every config run here answers such an OPTIONS itself."""
+    host, port = address
+    loop = asyncio.get_running_loop()
+    transport, probe = await loop.create_datagram_endpoint(_Probe, local_addr=(LOOPBACK, 0))
+    try:
+        local = transport.get_extra_info("sockname")[1]
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            if proc.returncode is not None:
+                raise proc.error(f"exited (code {proc.returncode}) before it was ready")
+            if time.monotonic() > deadline:
+                raise proc.error(f"no answer to OPTIONS within {timeout:.1f}s")
+            attempt += 1
+            options = (
+                f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {LOOPBACK}:{local};branch=z9hG4bK-probe{attempt}\r\n"
+                f"From: <sip:probe@{LOOPBACK}>;tag=probe\r\n"
+                f"To: <sip:{host}:{port}>\r\n"
+                f"Call-ID: probe-{attempt}@{LOOPBACK}\r\n"
+                f"CSeq: {attempt} OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+            transport.sendto(options.encode(), address)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):  # a reply deadline, then probe again
+                    reply = await probe.replies.get()
+                    if reply.startswith(b"SIP/2.0 200"):
+                        return
+    finally:
+        transport.close()
+
+
+@asynccontextmanager
+async def run_kamailio(
+    workdir: Path,
+    config: Path,
+    address: tuple[str, int],
+    *,
+    args: Sequence[str] = (),
+    ready_timeout: float = 10.0,
+) -> AsyncIterator[PeerProcess]:
+    """Run `kamailio -f config -DD -E *args` in `workdir` until the block ends, once it answers
+    OPTIONS at `address`; SIGTERM then SIGKILL on the way out, always. A test failing inside
+    the block gets kamailio's last output as a note."""
+    proc = PeerProcess(
+        "kamailio",
+        [KAMAILIO, "-f", str(config), "-DD", "-E", *args],
+        workdir,
+        workdir / "kamailio.log",
+    )
+    await proc.start()
+    try:
+        await wait_answering_options(proc, address, ready_timeout)
+        try:
+            yield proc
+        except BaseException as exc:
+            if isinstance(exc, AssertionError | TimeoutError) and not isinstance(exc, PeerError):
+                exc.add_note(
+                    f"----- last output of kamailio ({proc.log_path}) -----\n{proc.tail()}"
+                )
+            raise
+    finally:
+        await proc.stop()
+
+
 class KamailioPeer(RunsAProcess):
-    def __init__(self, *, proc: PeerProcess, port: int, realm: str, config: Path) -> None:
+    def __init__(
+        self, *, proc: PeerProcess, port: int, realm: str, config: Path, host: str = LOOPBACK
+    ) -> None:
         self.proc = proc
+        self.host = host
         self.port = port
         self.realm = realm
         self.config = config
 
     @property
     def address(self) -> tuple[str, int]:
-        return (LOOPBACK, self.port)
+        return (self.host, self.port)
 
     @property
     def uri(self) -> str:
         """The registrar / proxy itself (a REGISTER's Request-URI)."""
-        return f"sip:{LOOPBACK}:{self.port}"
+        return f"sip:{self.host}:{self.port}"
 
     def aor(self, user: str) -> str:
-        return f"sip:{user}@{LOOPBACK}:{self.port}"
+        return f"sip:{user}@{self.host}:{self.port}"
 
     def lines(self, marker: str) -> list[str]:
         """Log lines of the config's own xlog markers (wt-req, wt-auth, wt-registered…)."""
@@ -207,38 +280,10 @@ class KamailioPeer(RunsAProcess):
         )
         return self.lines(marker)
 
-    async def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
-        return await self.proc.wait_for_output(pattern, timeout)
-
-    async def _wait_ready(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        transport, probe = await loop.create_datagram_endpoint(_Probe, local_addr=(LOOPBACK, 0))
-        try:
-            local = transport.get_extra_info("sockname")[1]
-            deadline = time.monotonic() + timeout
-            attempt = 0
-            while True:
-                if self.returncode is not None:
-                    raise self.proc.error(f"exited (code {self.returncode}) before it was ready")
-                if time.monotonic() > deadline:
-                    raise self.proc.error(f"no answer to OPTIONS within {timeout:.1f}s")
-                attempt += 1
-                options = (
-                    f"OPTIONS sip:{LOOPBACK}:{self.port} SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP {LOOPBACK}:{local};branch=z9hG4bK-probe{attempt}\r\n"
-                    f"From: <sip:probe@{LOOPBACK}>;tag=probe\r\n"
-                    f"To: <sip:{LOOPBACK}:{self.port}>\r\n"
-                    f"Call-ID: probe-{attempt}@{LOOPBACK}\r\n"
-                    f"CSeq: {attempt} OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-                )
-                transport.sendto(options.encode(), self.address)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.2):  # a reply deadline, then probe again
-                        reply = await probe.replies.get()
-                        if reply.startswith(b"SIP/2.0 200"):
-                            return
-        finally:
-            transport.close()
+    async def wait_log(
+        self, pattern: str, timeout: float = 5.0, *, start: int = 0
+    ) -> re.Match[str]:
+        return await self.proc.wait_for_output(pattern, timeout, start=start)
 
     @classmethod
     @asynccontextmanager
@@ -250,31 +295,21 @@ class KamailioPeer(RunsAProcess):
         realm: str = "kamailio.test",
         algorithm: str = "SHA-256",
         port: int | None = None,
+        host: str = LOOPBACK,
         ready_timeout: float = 10.0,
     ) -> AsyncIterator[KamailioPeer]:
-        """Run kamailio until the block ends; SIGTERM then SIGKILL on the way out, always."""
+        """Run kamailio until the block ends; SIGTERM then SIGKILL on the way out, always.
+        `host`: the loopback address it listens on (e.g. 127.0.0.2, to tell its requests from
+        those of peers on 127.0.0.1)."""
         workdir.mkdir(parents=True, exist_ok=True)
         port = port or free_udp_port()
         config = write_config(
-            workdir / "kamailio.cfg", port=port, users=users, realm=realm, algorithm=algorithm
+            workdir / "kamailio.cfg",
+            port=port,
+            users=users,
+            realm=realm,
+            algorithm=algorithm,
+            host=host,
         )
-        proc = PeerProcess(
-            "kamailio", [KAMAILIO, "-f", config, "-DD", "-E"], workdir, workdir / "kamailio.log"
-        )
-        peer = cls(proc=proc, port=port, realm=realm, config=config)
-        await proc.start()
-        try:
-            await peer._wait_ready(ready_timeout)
-            try:
-                yield peer
-            except BaseException as exc:
-                # The test failed inside the block: put kamailio's side of it in the error.
-                if isinstance(exc, AssertionError | TimeoutError) and not isinstance(
-                    exc, PeerError
-                ):
-                    exc.add_note(
-                        f"----- last output of kamailio ({proc.log_path}) -----\n{proc.tail()}"
-                    )
-                raise
-        finally:
-            await proc.stop()
+        async with run_kamailio(workdir, config, (host, port), ready_timeout=ready_timeout) as proc:
+            yield cls(proc=proc, port=port, realm=realm, config=config, host=host)
