@@ -5,7 +5,9 @@ an application's function written to a file gets its session."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,29 @@ async def test_a_service_refuses_to_start_a_scripted_agent_without_plans() -> No
     async with AsyncExitStack() as stack:
         with pytest.raises(ValueError, match=r"needs a plan"):
             await service._make_agent(stack)
+
+
+async def test_hear_ends_at_once_when_the_caller_hangs_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over SIP: an agent waiting for the caller's next turn learns they hung up (LegGone) when
+    they do, not when its timeout runs out."""
+    from tests.unit.test_one_transfer_per_call import DEADLINE, line
+    from warmtransfer.consult.ports import LegGone
+
+    async with line() as ln:
+        listening = asyncio.Event()
+        gate = ln.session.leg.ai_listening
+
+        @contextlib.contextmanager
+        def noticed(sink: Any) -> Iterator[None]:
+            with gate(sink):
+                listening.set()
+                yield
+
+        monkeypatch.setattr(ln.session.leg, "ai_listening", noticed)
+        hearing = asyncio.create_task(ln.session.hear(timeout=DEADLINE * 10))
+        async with asyncio.timeout(DEADLINE):
+            await listening.wait()
+        await ln.caller.hangup()
+        async with asyncio.timeout(DEADLINE):
+            with pytest.raises(LegGone):
+                await hearing

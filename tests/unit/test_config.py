@@ -393,3 +393,62 @@ def test_pbx_example_loads_beside_its_certificates(tmp_path: Path, certs: Path) 
     assert config.consult.mode == "llm" and config.briefing_chat is config.consult.chat
     plan = config.plan("helpdesk")
     assert plan.fallback is not None and plan.allow.allows(plan.fallback.uri)
+
+
+@pytest.mark.parametrize("secret", ["", "short-secret"])
+def test_webhook_secret_may_not_be_empty_or_short(write: Write, secret: str) -> None:
+    """Every delivery is signed with it: an empty key (or a guessable one) signs nothing."""
+    text = GOOD + f'\n[webhooks]\nurls = ["https://hooks.example.com/x"]\nsecret = "{secret}"\n'
+    path = write(text)
+    error = error_of(path)
+    assert only(error) == (
+        f"{path}:{line_of(text, 'secret =')}: webhooks.secret: is {len(secret)} characters; "
+        'signing needs at least 16; make one with: python -c "import secrets; '
+        'print(secrets.token_urlsafe(32))"'
+    )
+    if secret:
+        assert secret not in str(error)
+
+
+def test_the_summary_shows_urls_without_their_tokens(write: Write) -> None:
+    from rich.console import Console
+
+    from warmtransfer.config.summary import describe
+
+    text = GOOD + (
+        '\n[webhooks]\nurls = ["https://hooks.slack.example/services/T0/B0/sEcReT1",'
+        ' "https://bob:sEcReT2@receiver.example.com:8443/?token=sEcReT3"]\n'
+        f'secret = "{SECRET}"\n'
+        '\n[speech.tts]\nprovider = "openai"\nbase_url = "https://tts.example.com/v1?key=sEcReT4"\n'
+        f'api_key = "{SECRET}"\n'
+    )
+    console = Console(record=True, width=200)
+    console.print(describe(load_config(write(text))))
+    shown = console.export_text()
+    assert "sEcReT" not in shown and "bob" not in shown
+    assert "https://hooks.slack.example/…, https://receiver.example.com:8443/…" in shown
+    assert "openai tts-1 at https://tts.example.com/…" in shown
+
+
+def test_check_config_refuses_the_scripted_agent_without_plans(write: Write) -> None:
+    """What `serve` refuses, `check-config` reports (they run the same checks)."""
+    text = '[sip]\nlisten = [{ transport = "udp", port = 0 }]\n'
+    path = write(text)
+    load_config(path)  # a config for an agent given in Python needs no plan
+    assert only(error_of(path)) == (
+        f"{path}: agent.entrypoint: the scripted agent (the default) transfers with a plan, "
+        "and there is none; add a [plans.NAME] section, or name your own agent "
+        "(module:function)"
+    )
+    assert check_config(write(text + '\n[agent]\nentrypoint = "json:dumps"\n', "own.toml"))
+
+
+def test_the_api_token_is_taken_without_surrounding_whitespace(write: Write) -> None:
+    """A token from a secret file keeps its newline; nobody sends it, so it is dropped (and
+    the length is counted without it)."""
+    path = write(GOOD + '\n[http]\ntoken = "${TOKEN}"\n')
+    config = check_config(path, environ={"TOKEN": f"  {TOKEN}\n"})
+    assert config.http is not None and config.http.token is not None
+    assert config.http.token.get_secret_value() == TOKEN
+    short = error_of(path, TOKEN=f"{TOKEN[:31]}\n")
+    assert "http.token: is 31 characters" in only(short)

@@ -250,6 +250,23 @@ class NeverConsulted:
         raise AssertionError("nobody answered: no consult")
 
 
+def assert_alike(got: Any, expected: Any, where: str = "") -> None:
+    """Equal, but for times (Unix seconds, converted from the loop's clock at different
+    moments), which may differ by a few milliseconds."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and set(got) == set(expected), (where, got, expected)
+        for key in expected:
+            assert_alike(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), (where, got, expected)
+        for index, (one, other) in enumerate(zip(got, expected, strict=True)):
+            assert_alike(one, other, f"{where}[{index}]")
+    elif isinstance(expected, float) and not isinstance(expected, bool):
+        assert isinstance(got, int | float) and abs(got - expected) < 0.1, (where, got, expected)
+    else:
+        assert got == expected, (where, got, expected)
+
+
 async def test_a_transfer_on_a_real_call_that_gets_486(tmp_path: Any) -> None:
     wire = await Wire.open()
     engine = Engine(port=0, tts=StandInTTS(), consultant=NeverConsulted())
@@ -310,6 +327,10 @@ async def test_a_transfer_on_a_real_call_that_gets_486(tmp_path: Any) -> None:
             names = [e["event"] for e in state["events"]]
             assert names[:3] == ["Start", "HoldStarted", "DialStarted"]
             assert names[-1] == "Recovered"
+            # Read back from the store (an API that never had it in memory), it is the same
+            # answer: the same keys all the way down, and the same values.
+            fresh = EngineServiceApi(engine, allow, records=records)
+            assert_alike((await fresh.transfer_state(tid)).model_dump(mode="json"), state)
             record = await client.get(f"/v1/transfers/{tid}/record")
             assert record.status_code == 200, record.text
             stored = record.json()
@@ -332,3 +353,119 @@ async def test_a_transfer_on_a_real_call_that_gets_486(tmp_path: Any) -> None:
         await records.close()
         wire.close()
         await wire.wait_closed()
+
+
+async def test_an_inline_plan_may_not_name_files_on_the_server(
+    memory: tuple[HttpApi, MemoryService, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request makes the server read a file (/dev/zero would stall the loop that paces
+    every call's audio, and the errors would tell a missing file from a folder), nor choose
+    where the callers' messages are written."""
+    import warmtransfer.transfer.plan as plan_module
+
+    read: list[object] = []
+
+    def spy(path: object) -> None:
+        read.append(path)
+        raise ValueError("read")
+
+    monkeypatch.setattr(plan_module, "read_wav", spy)
+    _, service, client = memory
+    alice = [{"uri": "sip:alice@pbx.example.com"}]
+    cases = [
+        ({"hold_audio": {"source": "/dev/zero"}}, "plan.hold_audio.source"),
+        ({"hold_audio": {"source": "/nonexistent/x.wav"}}, "plan.hold_audio.source"),
+        ({"hold_audio": {"source": "/root"}}, "plan.hold_audio.source"),
+        (
+            {"caller_keys": {"can_leave_message": True, "messages_dir": "/tmp/elsewhere"}},
+            "plan.caller_keys.messages_dir",
+        ),
+    ]
+    for extra, field_name in cases:
+        response = await client.post(
+            "/v1/calls/c1/transfers",
+            headers=AUTH,
+            json={"plan": {"targets": alice, **extra}, "briefing": BRIEFING},
+        )
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert body["error"] == "bad_request" and body["detail"].startswith(f"{field_name}: ")
+        assert "No such file" not in body["detail"] and "directory" not in body["detail"]
+    assert read == [] and service.started == []
+    # Left unset (or null), the plan runs with the defaults.
+    fine = {"targets": alice, "hold_audio": {"source": None, "progress_every": 10}}
+    response = await client.post(
+        "/v1/calls/c1/transfers", headers=AUTH, json={"plan": fine, "briefing": BRIEFING}
+    )
+    assert response.status_code == 202, response.text
+    assert service.started[0][1].hold_audio.progress_every == 10
+    described = openapi_document()["paths"]["/v1/calls/{call_id}/transfers"]["post"]
+    assert "hold_audio.source" in described["responses"]["400"]["description"]
+
+
+async def test_a_draining_service_starts_no_transfer(
+    memory: tuple[HttpApi, MemoryService, httpx.AsyncClient],
+) -> None:
+    api, service, client = memory
+    api.draining = True
+    response = await client.post(
+        "/v1/calls/c1/transfers", headers=AUTH, json={"plan": "sales", "briefing": BRIEFING}
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "draining"
+    assert response.headers["Retry-After"] == "30"
+    assert service.started == []
+    assert (await client.get("/v1/calls", headers=AUTH)).status_code == 200  # reads go on
+    described = openapi_document()["paths"]["/v1/calls/{call_id}/transfers"]["post"]
+    assert "Retry-After" in described["responses"]["503"]["headers"]
+
+
+async def raw_status(port: int, authorization: bytes) -> bytes:
+    """The status line for GET /v1/calls with these exact Authorization bytes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /v1/calls HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + authorization
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    async with asyncio.timeout(DEADLINE):
+        data = await reader.read()
+    writer.close()
+    return data.split(b"\r\n", 1)[0]
+
+
+async def test_token_whitespace_and_a_header_that_is_not_utf8() -> None:
+    # A token read from a secret file, its newline included: what a client sends still fits.
+    api = await HttpApi(MemoryService(), token=f"{TOKEN}\n", plans={}, allow=ALLOW, port=0).start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=DEADLINE) as client:
+            assert (await client.get("/v1/calls", headers=AUTH)).status_code == 200
+        assert api.port is not None
+        assert await raw_status(api.port, b"Bearer \xff\xfe") == b"HTTP/1.1 401 Unauthorized"
+        assert await raw_status(api.port, b"Bearer " + TOKEN.encode()) == b"HTTP/1.1 200 OK"
+    finally:
+        await api.stop()
+
+
+async def test_a_port_in_use_is_named_and_nothing_is_left_behind() -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    api = HttpApi(MemoryService(), token=TOKEN, plans={}, allow=ALLOW, port=port)
+    cleaned: list[object] = []
+
+    async def on_cleanup(app: object) -> None:
+        cleaned.append(app)
+
+    api.app.on_cleanup.append(on_cleanup)
+    try:
+        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}: "):
+            await api.start()
+    finally:
+        taken.close()
+    assert cleaned == [api.app]  # the runner was cleaned up, not leaked
+    await api.stop()  # and stopping what never started is harmless

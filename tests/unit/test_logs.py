@@ -87,3 +87,40 @@ async def test_tasks_spawned_inside_the_context_carry_its_ids(
     await asyncio.gather(first, second)
     by_message = {o["message"]: (o["call_id"], o["transfer_id"]) for o in lines(stream)}
     assert by_message == {"a": ("c-a", "t-a"), "b": ("c-b", None), "main": (None, None)}
+
+
+async def test_text_lines_cannot_be_forged_through_what_they_quote() -> None:
+    """`serve --log-format text`: the HTTP API logs the call id of a refused transfer, URL-
+    decoded from the path; a %0A in it must not start a line of its own."""
+    import httpx
+
+    from tests.unit.test_http_api import ALLOW, AUTH, BRIEFING, TOKEN, MemoryService
+    from warmtransfer.server.http import HttpApi
+    from warmtransfer.server.logs import install_text_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = install_text_logging(logging.INFO, stream)
+    api = await HttpApi(MemoryService(), token=TOKEN, plans={}, allow=ALLOW, port=0).start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            response = await client.post(
+                "/v1/calls/c1%0A2026-01-01 00:00:00,000 warmtransfer forged/transfers",
+                headers=AUTH,
+                json={"plan": {"targets": [{"uri": "sip:x@evil.example"}]}, "briefing": BRIEFING},
+            )
+        assert response.status_code == 403
+        try:
+            raise ValueError("boom\nforged too")
+        except ValueError:
+            logging.getLogger("test.text_logs").exception("failed")
+    finally:
+        await api.stop()
+        root.removeHandler(handler)
+        root.setLevel(level)
+    refused = [line for line in stream.getvalue().splitlines() if "refused a transfer" in line]
+    assert len(refused) == 1 and "c1\\n2026-01-01 00:00:00,000 warmtransfer forged" in refused[0]
+    assert not any(line.startswith("2026-01-01") for line in stream.getvalue().splitlines())
+    trace = stream.getvalue().split("failed\n", 1)[1].splitlines()
+    assert trace and all(line.startswith("    ") for line in trace)  # none passes for a record

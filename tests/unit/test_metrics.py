@@ -13,6 +13,8 @@ from warmtransfer.transfer.states import (
     Answered,
     AttemptFailed,
     Bridged,
+    CallerHungUp,
+    Cancelled,
     DialStarted,
     Event,
     HoldStarted,
@@ -110,3 +112,16 @@ def test_briefing_audio_and_webhook_counts() -> None:
     got = samples(metrics)
     assert got[("warmtransfer_time_to_first_briefing_audio_seconds_count", ())] == 1
     assert got[("warmtransfer_webhook_deliveries_total", (("result", "dropped"),))] == 1
+
+
+def test_a_transfer_that_ends_before_its_start_is_counted_as_started_too() -> None:
+    """The caller hung up (or the app cancelled) before the transfer began: it ends without a
+    Start, and the two counters must still agree (ended never exceeds started)."""
+    metrics = Metrics()
+    play(metrics, "gone", [CallerHungUp(at=1.0, detail="already hung up")])
+    play(metrics, "cancelled", [Cancelled(at=2.0), Recovered(at=2.0)])
+    got = samples(metrics)
+    ended = sum(v for (name, _), v in got.items() if name == "warmtransfer_transfers_ended_total")
+    assert ended == 2
+    assert got[("warmtransfer_transfers_started_total", ())] == 2
+    assert got[("warmtransfer_transfers_in_progress", ())] == 0

@@ -22,7 +22,7 @@ from warmtransfer.consult.summary import ExtractiveSummarizer, Summary
 from warmtransfer.engine import Engine
 from warmtransfer.server.service_api import EngineServiceApi, TransferConflict
 from warmtransfer.server.session import CallSession
-from warmtransfer.sip.call import IncomingCall
+from warmtransfer.sip.call import Call, IncomingCall
 from warmtransfer.transfer.outcome import Reason
 from warmtransfer.transfer.plan import TransferPlan
 from warmtransfer.transfer.target import AllowList, Target
@@ -50,6 +50,7 @@ class GatedSummarizer(ExtractiveSummarizer):
 class Line:
     engine: Engine
     call: IncomingCall
+    caller: Call  # the caller's side of `call` (their phone)
     wire: Wire
     plan: TransferPlan
     session: CallSession
@@ -67,7 +68,7 @@ async def line() -> AsyncIterator[Line]:
                 dialling = asyncio.create_task(phone.call(engine.uri))
                 call = await engine.next_call()
                 await call.answer()
-                await dialling
+                caller = await dialling
             allow = AllowList(patterns=(f"sip:*@127.0.0.1:{wire.port}",))
             human = Target(uri=f"sip:human@127.0.0.1:{wire.port}")
             plan = TransferPlan(targets=(human,), allow=allow)
@@ -76,7 +77,14 @@ async def line() -> AsyncIterator[Line]:
                 engine, call, plans={"p": plan}, default_plan="p", summarizer=summarizer
             )
             yield Line(
-                engine, call, wire, plan, session, EngineServiceApi(engine, allow), summarizer
+                engine,
+                call,
+                caller,
+                wire,
+                plan,
+                session,
+                EngineServiceApi(engine, allow),
+                summarizer,
             )
     finally:
         await engine.close()

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 
 from warmtransfer.consult.handoff import HandoffRecord
@@ -203,3 +204,96 @@ async def test_a_slow_receiver_never_delays_send_and_a_full_queue_drops_the_olde
         await sender.stop()
     delivered = [json.loads(body)["data"]["transfer_id"] for _, body in receiver.requests]
     assert delivered == ["first", "t2", "t3", "t4"]  # t0 and t1, the oldest queued, dropped
+
+
+def test_an_empty_secret_is_refused() -> None:
+    """An HMAC with an empty key is a signature anyone can make."""
+    with pytest.raises(ValueError, match="secret is empty"):
+        WebhookSender(["http://127.0.0.1:9/hook"], "")
+
+
+async def no_sleep(delay: float) -> None:
+    """Backoff recorded by nobody, waited by nobody: no real time passes."""
+
+
+async def test_a_dead_receiver_delays_no_other(receiver: Receiver) -> None:
+    stuck = Receiver()
+    stuck.server = await asyncio.start_server(stuck.handle, "127.0.0.1", 0)  # gate closed
+    sender = await WebhookSender([stuck.url, receiver.url], SECRET).start()
+    try:
+        sender.send_event(event("a"))
+        sender.send_event(event("b"))
+        async with asyncio.timeout(DEADLINE):
+            await stuck.arrived.get()  # "a" hangs at the stuck receiver...
+            for expected in ("a", "b"):  # ...while the other gets both
+                _, body = await receiver.arrived.get()
+                assert json.loads(body)["data"]["transfer_id"] == expected
+        assert len(stuck.requests) == 1
+        stuck.gate.set()
+        async with asyncio.timeout(DEADLINE):
+            await sender.wait_idle()
+    finally:
+        stuck.gate.set()
+        await sender.stop()
+        stuck.server.close()
+    assert sender.delivered == 4 and len(stuck.requests) == 2
+
+
+async def test_a_redirect_is_final_and_counted(receiver: Receiver) -> None:
+    receiver.statuses = [302, 307]
+    counts: list[str] = []
+    sender = await WebhookSender([receiver.url], SECRET, sleep=no_sleep).start()
+    sender.on_count = counts.append
+    try:
+        sender.send_event(event("a"))
+        sender.send_event(event("b"))
+        async with asyncio.timeout(DEADLINE):
+            await sender.wait_idle()
+    finally:
+        await sender.stop()
+    assert len(receiver.requests) == 2  # not retried, not followed
+    assert sender.failed == 2 and sender.retries == 0 and counts == ["failed", "failed"]
+
+
+async def test_what_stop_leaves_undelivered_is_counted_as_dropped(receiver: Receiver) -> None:
+    receiver.gate.clear()
+    counts: list[str] = []
+    sender = await WebhookSender([receiver.url], SECRET).start()
+    sender.on_count = counts.append
+    for name in ("first", "second", "third"):
+        sender.send_event(event(name))
+    async with asyncio.timeout(DEADLINE):
+        await receiver.arrived.get()  # "first" in flight, the others queued
+    await sender.stop(drain=0)
+    assert sender.dropped == 3 and counts == ["dropped"] * 3
+    assert sender.queued == 0
+
+
+async def test_urls_are_redacted_in_failure_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """A webhook URL often is a credential (a path, user:pass@, ?token=): log lines name the
+    receiver by scheme, host and port only, an HTTP client's error text included."""
+    token = "sEcReTtOkEn"
+    refused = f"https://user:{token}@hooks.example.com/T0/B0/{token}?token={token}"
+    unreachable = f"https://down.example.com:8443/hook/{token}"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "down.example.com":
+            raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+        return httpx.Response(403)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    sender = await WebhookSender(
+        [refused, unreachable], SECRET, client=client, max_attempts=2, sleep=no_sleep
+    ).start()
+    try:
+        sender.send_event(event())
+        async with asyncio.timeout(DEADLINE):
+            await sender.wait_idle()
+    finally:
+        await sender.stop()
+        await client.aclose()
+    assert sender.failed == 2
+    assert token not in caplog.text
+    assert "to https://hooks.example.com/… failed after 1 attempt(s): HTTP 403" in caplog.text
+    assert "to https://down.example.com:8443/… failed after 2 attempt(s)" in caplog.text
+    assert "ConnectError: cannot reach https://down.example.com:8443/…" in caplog.text

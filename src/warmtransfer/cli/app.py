@@ -121,6 +121,9 @@ def serve(
     SIGTERM refuses new calls (503), lets calls finish for --drain-timeout, then ends them."""
     from warmtransfer.config import ConfigError
     from warmtransfer.config import check_config as check
+    from warmtransfer.config.build import TrunkRegistrationError
+    from warmtransfer.server.http import ListenError
+    from warmtransfer.server.logs import install_json_logging, install_text_logging
     from warmtransfer.server.service import Service
 
     try:  # the same checks and errors as check-config, before any socket is opened
@@ -130,21 +133,18 @@ def serve(
         for problem in exc.problems:
             errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    if config.agent.entrypoint == "scripted" and not config.plans:
-        Console(stderr=True).print(
-            f"error: {config_file}: the scripted agent transfers with a plan; add a [plans.NAME]",
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(2)
     if log_format is LogFormat.JSON:
-        from warmtransfer.server.logs import install_json_logging
-
         install_json_logging(logging.INFO)
-    else:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    else:  # control characters escaped: a logged Call-ID must not forge a line
+        install_text_logging(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per webhook POST is noise
-    _run(Service(config, drain_timeout=drain_timeout).run())
+    try:
+        _run(Service(config, drain_timeout=drain_timeout).run())
+    except (TrunkRegistrationError, ListenError) as exc:  # an answer, not a crash
+        Console(stderr=True).print(
+            f"error: {config_file}: {exc}", markup=False, highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1) from None
 
 
 @app.callback()

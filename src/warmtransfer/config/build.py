@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from warmtransfer.speech.tts import TextToSpeech
 
 __all__ = [
+    "TrunkRegistrationError",
     "chat_client",
     "engine_from_config",
     "inbound_policy",
@@ -167,9 +168,16 @@ def summarizer_from_config(config: Config) -> Summarizer:
     return ExtractiveSummarizer()
 
 
+class TrunkRegistrationError(RuntimeError):
+    """The registrar of ``[trunk]`` did not take our registration; the message names the
+    registrar, the username and the SIP status (never the password)."""
+
+
 async def register_trunk(engine: Engine, config: Config) -> Registration | None:
     """Register at the trunk's registrar (through its outbound proxy), kept fresh by the
-    user agent until it closes; None when there is no trunk or `registration = false`."""
+    user agent until it closes; None when there is no trunk or `registration = false`.
+    Raises `TrunkRegistrationError` if the registrar refuses or does not answer."""
+    from warmtransfer.sip.call import CallFailed
     from warmtransfer.sip.uri import SipUri
 
     trunk = config.trunk
@@ -178,7 +186,16 @@ async def register_trunk(engine: Engine, config: Config) -> Registration | None:
     registrar = SipUri.parse(trunk.registrar)
     aor = trunk.aor or str(SipUri(registrar.scheme, trunk.username, registrar.host, registrar.port))
     proxy = await _proxy_flow(trunk.outbound_proxy) if trunk.outbound_proxy else None
-    return await engine.ua.register(registrar, expires=trunk.expires, aor=aor, proxy=proxy)
+    try:
+        return await engine.ua.register(registrar, expires=trunk.expires, aor=aor, proxy=proxy)
+    except CallFailed as exc:
+        where = f"[trunk] registration at {trunk.registrar} as {trunk.username!r}"
+        if exc.status == 408:
+            raise TrunkRegistrationError(
+                f"{where}: no answer; check registrar and outbound_proxy, and that SIP gets there"
+            ) from None
+        hint = " (check [trunk] username and password)" if exc.status in (401, 403, 407) else ""
+        raise TrunkRegistrationError(f"{where} refused: {exc}{hint}") from None
 
 
 async def _proxy_flow(uri_text: str) -> Flow:

@@ -26,7 +26,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -36,21 +36,10 @@ from warmtransfer.config.errors import ConfigError, Located, Problem
 from warmtransfer.config.model import Config
 from warmtransfer.config.positions import KeyPath, key_lines, line_of
 
-__all__ = ["check_config", "load_config", "resolve_agent"]
+__all__ = ["check_config", "load_config", "path_keys", "resolve_agent"]
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)$")
-
-# Keys holding file paths, relative to the config file; "*" is any one key (a plan's name).
-_PATHS: tuple[KeyPath, ...] = (
-    ("sip", "tls", "cert"),
-    ("sip", "tls", "key"),
-    ("sip", "tls", "ca"),
-    ("records", "path"),
-    ("speech", "tts", "model"),
-    ("plans", "*", "hold_audio", "source"),
-    ("plans", "*", "caller_keys", "messages_dir"),
-)
 
 
 def load_config(
@@ -61,8 +50,9 @@ def load_config(
 ) -> Config:
     """Load and check one config file; every problem is a `ConfigError` naming the file.
 
-    `environ` replaces `os.environ` for ``${NAME}`` values (tests). `check_agent` also imports
-    the ``[agent]`` entrypoint (what `warmtransfer check-config` does).
+    `environ` replaces `os.environ` for ``${NAME}`` values (tests). `check_agent` also checks
+    the ``[agent]``: what it needs of the config (`Config.agent_problems`, e.g. the scripted
+    agent needs a plan) and its entrypoint, imported (what `check-config` and `serve` do).
     """
     path = Path(path)
     name = str(path)
@@ -107,6 +97,9 @@ def load_config(
     config._source = path
     config._env = sources
     if check_agent:
+        agent_problems = config.agent_problems()
+        if agent_problems:
+            raise located(agent_problems)
         try:
             resolve_agent(config)
         except ConfigError as exc:
@@ -200,14 +193,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(node, str) and node and not Path(node).is_absolute():
                 return str(base / node)
             return node
+        head, rest = pattern[0], pattern[1:]
+        if isinstance(node, list) and head == "*":
+            return [resolve(item, rest) for item in node]
         if not isinstance(node, dict):
             return node
-        head, rest = pattern[0], pattern[1:]
         return {
             key: resolve(item, rest) if head in ("*", key) else item for key, item in node.items()
         }
 
-    for pattern in _PATHS:
+    for pattern in path_keys(Config):
         data = resolve(data, pattern)
     return data
 
@@ -331,6 +326,33 @@ def _file_path(loc: tuple[int | str, ...], data: Any) -> tuple[KeyPath, Any]:
             node = None
         path.append(part)
     return tuple(path), node
+
+
+def path_keys(model: type[BaseModel]) -> tuple[KeyPath, ...]:
+    """The key paths of every field of `model` (nested models included) that holds a file
+    path, "*" standing for any key of a table or item of an array (a plan's name).
+
+    Read off the models rather than listed by hand, so a path field added to a section is
+    taken from the config file's folder (`_resolve_paths`), and refused in a plan sent over the
+    HTTP API (which must never name files on the server), without anyone remembering to."""
+    found: list[KeyPath] = []
+    for name, field in model.model_fields.items():
+        if _holds_path(field.annotation):
+            found.append((name,))
+        inner, contained = _models_in(field.annotation)
+        prefix: KeyPath = (name, "*") if contained else (name,)
+        for sub in inner:
+            found += [(*prefix, *key) for key in path_keys(sub)]
+    return tuple(dict.fromkeys(found))
+
+
+def _holds_path(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, PurePath):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated or origin in (typing.Union, types.UnionType):
+        return any(_holds_path(arg) for arg in typing.get_args(annotation))
+    return False
 
 
 def _models_in(annotation: Any) -> tuple[list[type[BaseModel]], bool]:

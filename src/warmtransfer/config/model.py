@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 MIN_TOKEN_CHARS = 32
+#: A webhook secret shorter than this is one a receiver's attacker could guess: refused.
+MIN_WEBHOOK_SECRET_CHARS = 16
 DEFAULT_API = "https://api.openai.com/v1"
 _ENTRYPOINT = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -89,9 +91,16 @@ def _ip(value: str, what: str) -> str:
 
 
 def _http_url(value: str) -> str:
+    # The value is not quoted: a URL may hold a token (a webhook's path, user:pass@).
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r} is not an http:// or https:// URL; write the full URL")
+        raise ValueError("is not an http:// or https:// URL; write the full URL")
     return value.rstrip("/")
+
+
+def _stripped(value: SecretStr | None) -> SecretStr | None:
+    """A secret without surrounding whitespace: one read from a file or an environment
+    variable filled from one often ends with a newline nobody meant (and nobody sends)."""
+    return None if value is None else SecretStr(value.get_secret_value().strip())
 
 
 def _sip_uri(value: str, what: str) -> str:
@@ -372,7 +381,14 @@ class HttpSection(BaseModel):
 
     enabled: bool = True
     listen: str = Field(default="127.0.0.1:8080", description="host:port, [v6]:port")
-    token: SecretStr | None = Field(default=None, description="bearer token of the API")
+    token: SecretStr | None = Field(
+        default=None, description="bearer token of the API (surrounding whitespace dropped)"
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _strip_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _stripped(value)
 
     @field_validator("listen")
     @classmethod
@@ -647,15 +663,7 @@ class Config(BaseModel):
                         'print(secrets.token_urlsafe(32))"',
                     )
                 )
-        hooks = self.webhooks
-        if hooks is not None and hooks.urls and hooks.secret is None:
-            found.append(
-                Problem(
-                    ("webhooks", "secret"),
-                    "is required with urls: receivers check each delivery's signature",
-                    'set secret (e.g. secret = "${WARMTRANSFER_WEBHOOK_SECRET}")',
-                )
-            )
+        found += self._webhook_problems()
         if self.consult.mode == "llm" and self.consult.chat is None:
             found.append(
                 Problem(
@@ -690,6 +698,46 @@ class Config(BaseModel):
                 )
             )
         return found
+
+    def _webhook_problems(self) -> list[Problem]:
+        """Every delivery is signed: a missing, empty or short secret would let anyone who
+        can reach a receiver forge them (an empty HMAC key is a key everyone knows)."""
+        hooks = self.webhooks
+        if hooks is None or not hooks.urls:
+            return []
+        if hooks.secret is None:
+            return [
+                Problem(
+                    ("webhooks", "secret"),
+                    "is required with urls: receivers check each delivery's signature",
+                    'set secret (e.g. secret = "${WARMTRANSFER_WEBHOOK_SECRET}")',
+                )
+            ]
+        length = len(hooks.secret.get_secret_value())
+        if length < MIN_WEBHOOK_SECRET_CHARS:
+            return [
+                Problem(
+                    ("webhooks", "secret"),
+                    f"is {length} characters; signing needs at least {MIN_WEBHOOK_SECRET_CHARS}",
+                    'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"',
+                )
+            ]
+        return []
+
+    def agent_problems(self) -> list[Problem]:
+        """What the ``[agent]`` needs of the rest of the config (run where the agent is
+        checked: `check_config`, which `check-config` and `serve` both run). Not part of
+        `problems()`: a config built in Python for a service given its own agent (`Service(...,
+        agent=...)`) needs no plan."""
+        if self.agent.entrypoint == "scripted" and not self.plans:
+            return [
+                Problem(
+                    ("agent", "entrypoint"),
+                    "the scripted agent (the default) transfers with a plan, and there is none",
+                    "add a [plans.NAME] section, or name your own agent (module:function)",
+                )
+            ]
+        return []
 
     @property
     def briefing_chat(self) -> ChatSection | None:

@@ -2,7 +2,8 @@
 
 An operator checks a config by reading what was understood (which transports, which trunk, whom
 each plan dials, which speech providers), not by re-reading the TOML. Secrets appear only as
-where they come from (an environment variable's name, or "in the file"), never as values.
+where they come from (an environment variable's name, or "in the file"), never as values, and
+URLs only as where they lead (`redact.redact_url`): a webhook's path or query is often a token.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.text import Text
 
 from warmtransfer.config.errors import dotted
 from warmtransfer.config.model import Config
+from warmtransfer.config.redact import redact_url
 
 __all__ = ["describe", "secret_sources"]
 
@@ -106,12 +108,16 @@ def describe(config: Config) -> RenderableType:
     _row(
         speech,
         "tts",
-        tts.provider if tts.provider == "piper" else f"openai {tts.model} at {tts.base_url}",
+        tts.provider
+        if tts.provider == "piper"
+        else f"openai {tts.model} at {redact_url(tts.base_url)}",
     )
     _row(
         speech,
         "stt",
-        stt.provider if stt.provider == "pocketsphinx" else f"openai {stt.model} at {stt.base_url}",
+        stt.provider
+        if stt.provider == "pocketsphinx"
+        else f"openai {stt.model} at {redact_url(stt.base_url)}",
     )
     answers = [
         name
@@ -129,7 +135,7 @@ def describe(config: Config) -> RenderableType:
         "consult",
         consult.mode
         if chat is None or consult.mode == "scripted"
-        else f"llm {chat.model} at {chat.base_url}",
+        else f"llm {chat.model} at {redact_url(chat.base_url)}",
     )
     brief = config.briefing_chat
     _row(
@@ -137,7 +143,7 @@ def describe(config: Config) -> RenderableType:
         "briefing",
         config.briefing.mode
         if brief is None or config.briefing.mode == "extractive"
-        else f"llm {brief.model} at {brief.base_url}",
+        else f"llm {brief.model} at {redact_url(brief.base_url)}",
     )
     agent = config.agent.entrypoint
     if agent == "scripted":
@@ -154,7 +160,8 @@ def describe(config: Config) -> RenderableType:
     http = config.http
     _row(service, "http", f"{http.listen} (token set)" if http and http.enabled else "off")
     hooks = config.webhooks
-    _row(service, "webhooks", ", ".join(hooks.urls) if hooks and hooks.urls else "none")
+    shown = [redact_url(url) for url in hooks.urls] if hooks else []
+    _row(service, "webhooks", ", ".join(shown) or "none")
     _row(service, "records", str(config.records.path) if config.records else "not kept")
     _row(service, "drain timeout", f"{config.service.drain_timeout:g} s")
     parts.append(service)

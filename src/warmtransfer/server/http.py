@@ -19,9 +19,17 @@ Security:
   the global ``[allow]``), and an inline plan is confined by `confine_plan` (its own list, if
   any, intersected with the global one). A target outside it is 403 and nothing is dialled.
 - Request bodies are capped at MAX_BODY bytes.
+- An inline plan may not name a file or a folder on the server (``hold_audio.source``,
+  ``caller_keys.messages_dir``: every path field of `TransferPlan`, see `config.load.path_keys`):
+  it is refused (400, naming the field) before the plan is validated, so a request never makes
+  the server read a file (``/dev/zero`` would stall the event loop that paces every call's
+  audio; errors would tell "no such file" from "is a directory") nor choose where recordings
+  are written. Plans from the config may: the operator wrote them.
+- While the service drains (SIGTERM), no transfer is started: 503 ``draining`` with
+  Retry-After, as the SIP side answers new calls.
 
 Errors are ``{"error": <code>, "detail": <text>}`` with codes: unauthorized, bad_request,
-not_found, unknown_plan, destination_not_allowed, conflict, no_records.
+not_found, unknown_plan, destination_not_allowed, conflict, no_records, draining.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from warmtransfer.config.errors import dotted
+from warmtransfer.config.load import path_keys
+from warmtransfer.config.positions import KeyPath
 from warmtransfer.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from warmtransfer.server.service_api import (
     BriefingIn,
@@ -50,7 +61,7 @@ from warmtransfer.server.service_api import (
 from warmtransfer.transfer.plan import TransferPlan
 from warmtransfer.transfer.target import AllowList, DestinationNotAllowed
 
-__all__ = ["MAX_BODY", "HttpApi", "StartTransferRequest", "openapi_document"]
+__all__ = ["MAX_BODY", "HttpApi", "ListenError", "StartTransferRequest", "openapi_document"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,14 @@ VERSION = "1"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: The keys of a plan that hold file paths: never taken from a request.
+_SERVER_PATHS = path_keys(TransferPlan)
+
+
+class ListenError(OSError):
+    """The API could not listen on its address (in use, not ours, no permission): the message
+    names the address and why."""
+
 
 class StartTransferRequest(BaseModel):
     """Start a warm transfer: a plan by name (from the config) or written inline."""
@@ -66,7 +85,8 @@ class StartTransferRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     plan: str | TransferPlan = Field(
-        description="a plan's name in the config, or a plan (its targets must pass [allow])"
+        description="a plan's name in the config, or a plan (its targets must pass [allow]; "
+        "it may not set hold_audio.source nor caller_keys.messages_dir: files on the server)"
     )
     briefing: BriefingIn
 
@@ -84,6 +104,35 @@ def _error(status: int, code: str, detail: str, **headers: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
+def _server_path(plan: Any, key: KeyPath, where: KeyPath = ("plan",)) -> KeyPath | None:
+    """Where the inline plan `plan` (JSON data) sets `key` (a path field, "*" any item) to
+    anything but null; None if it does not."""
+    if not key:
+        return where if plan is not None else None
+    head, rest = key[0], key[1:]
+    if head == "*":
+        if not isinstance(plan, dict | list):
+            return None
+        items = plan.items() if isinstance(plan, dict) else enumerate(plan)
+        for name, item in items:
+            found = _server_path(item, rest, (*where, name))
+            if found is not None:
+                return found
+        return None
+    if isinstance(plan, dict) and head in plan:
+        return _server_path(plan[head], rest, (*where, head))
+    return None
+
+
+def _names_server_files(plan: Any) -> str | None:
+    """The first path field an inline plan sets, as ``plan.hold_audio.source``; None if none."""
+    for key in _SERVER_PATHS:
+        found = _server_path(plan, key)
+        if found is not None:
+            return dotted(found)
+    return None
+
+
 def _json(model: BaseModel | Mapping[str, Any], status: int = 200) -> web.Response:
     text = (
         model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model, default=str)
@@ -97,7 +146,10 @@ class HttpApi:
 
     `plans`: the named plans, as the config resolves them (`Config.effective_plans`); `allow`:
     the global allow-list (`Config.allow`). `metrics` and `collect`: `/metrics` renders the
-    registry after calling `collect` (e.g. ``lambda: metrics.collect_engine(engine)``)."""
+    registry after calling `collect` (e.g. ``lambda: metrics.collect_engine(engine)``).
+    `token` is taken without surrounding whitespace (a secret file's trailing newline).
+    Set `draining` when the service shuts down: transfers are then refused (503) with
+    `retry_after` seconds."""
 
     def __init__(
         self,
@@ -110,17 +162,20 @@ class HttpApi:
         port: int = 8080,
         metrics: Metrics | None = None,
         collect: Callable[[], None] | None = None,
+        retry_after: int = 30,
     ) -> None:
-        if not token:
+        if not token.strip():
             raise ValueError("the HTTP API needs a token ([http] token in the config)")
         self.service = service
-        self._token = token.encode()
+        self._token = token.strip().encode()
         self.plans = dict(plans)
         self.allow = allow
         self.host = host
         self._port = port
         self.metrics = metrics
         self._collect = collect
+        self.retry_after = retry_after
+        self.draining = False
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -128,12 +183,19 @@ class HttpApi:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> HttpApi:
+        """Bind and serve. Raises `ListenError` naming the address if it cannot bind (the
+        runner made for it is cleaned up first: nothing is left behind)."""
         runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = exc.strerror or str(exc)
+            raise ListenError(f"the HTTP API cannot listen on {self._address}: {reason}") from exc
         self._runner = runner
         server = site._server  # the asyncio server: the only place the bound port is known
         sockets = getattr(server, "sockets", None) or ()
@@ -147,9 +209,13 @@ class HttpApi:
             self._runner = None
 
     @property
-    def url(self) -> str:
+    def _address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{host}:{self.port if self.port is not None else self._port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._address}"
 
     # -- the app --------------------------------------------------------------------------
 
@@ -171,8 +237,10 @@ class HttpApi:
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        # compare_digest on every request, also when the scheme is wrong: no timing hint.
-        ok = hmac.compare_digest(given.strip().encode(), self._token)
+        # compare_digest on every request, also when the scheme is wrong: no timing hint. Bytes
+        # that are not UTF-8 reach us as surrogates (aiohttp decodes with surrogateescape):
+        # turned back into those bytes they simply do not match.
+        ok = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token)
         if scheme.lower() != "bearer" or not ok:
             return _error(
                 401,
@@ -202,8 +270,29 @@ class HttpApi:
 
     async def _start_transfer(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
+        if self.draining:
+            return _error(
+                503,
+                "draining",
+                "the service is shutting down and starts no transfer; try another instance",
+                **{"Retry-After": str(self.retry_after)},
+            )
         try:
-            body = StartTransferRequest.model_validate_json(await request.read())
+            data = json.loads(await request.read())
+        except ValueError as exc:  # not JSON, or not UTF-8
+            return _error(400, "bad_request", f"(body): invalid JSON ({exc})")
+        plan = data.get("plan") if isinstance(data, dict) else None
+        server_file = _names_server_files(plan) if isinstance(plan, dict) else None
+        if server_file is not None:
+            return _error(
+                400,
+                "bad_request",
+                f"{server_file}: an inline plan may not name a file or folder on the server; "
+                "leave it out, or use a plan of the config (by name)",
+            )
+        try:
+            # The very object checked above is validated (no second parse to disagree with it).
+            body = StartTransferRequest.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
@@ -324,11 +413,24 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": _response("started", _ref("TransferInfo")),
-                        "400": _response("invalid body or plan", _ERR),
+                        "400": _response(
+                            "invalid body or plan, or an inline plan naming a file on the "
+                            "server (hold_audio.source, caller_keys.messages_dir)",
+                            _ERR,
+                        ),
                         "401": _UNAUTHORIZED,
                         "403": _response("a target is outside the allow-list", _ERR),
                         "404": _response("no such call or plan", _ERR),
                         "409": _response("the call has a transfer running", _ERR),
+                        "503": {
+                            **_response("the service is draining (shutting down)", _ERR),
+                            "headers": {
+                                "Retry-After": {
+                                    "description": "seconds before trying again",
+                                    "schema": {"type": "integer"},
+                                }
+                            },
+                        },
                     },
                 }
             },

@@ -14,6 +14,13 @@ a new task), without threading ids through signatures that know nothing about lo
         ...
         with log_context(transfer_id=transfer.transfer_id):
             await transfer.run()
+
+For people at a terminal (`serve --log-format text`), `install_text_logging` writes plain lines
+instead, with every control character of a line escaped (``\n`` as the two characters ``\n``):
+a log line quotes what callers and API clients sent (a Call-ID, a URL-decoded path), and a
+newline in it would otherwise forge a line of its own. A traceback keeps its lines, each
+indented, so none of them can pass for a record either. (JSON lines need none of this: JSON
+escapes them.)
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -28,11 +36,20 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 __all__ = [
+    "TEXT_FORMAT",
     "JsonFormatter",
+    "TextFormatter",
     "current_ids",
+    "escape_controls",
     "install_json_logging",
+    "install_text_logging",
     "log_context",
 ]
+
+TEXT_FORMAT = "%(asctime)s %(name)s %(message)s"
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what can end a line.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _call_id: ContextVar[str | None] = ContextVar("warmtransfer_call_id", default=None)
 _transfer_id: ContextVar[str | None] = ContextVar("warmtransfer_transfer_id", default=None)
@@ -91,6 +108,51 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = self.formatStack(record.stack_info)
         # default=str: a value json cannot write (a Path, an enum) must not lose the line.
         return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as its escape (``\n``, ``\x1b``, ``\u2028``):
+    one line, whatever it quotes."""
+    return _CONTROLS.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines (`TEXT_FORMAT` by default) in which a record's text cannot start a new line;
+    a traceback or a stack follows on lines of its own, each indented."""
+
+    def __init__(self, fmt: str | None = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # As logging.Formatter.format, but the traceback is made here, never taken from
+        # `record.exc_text`: another handler may have cached it there unindented.
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        parts = [escape_controls(self.formatMessage(record))]
+        if record.exc_info:
+            parts.append(_indented(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            parts.append(_indented(record.exc_text))
+        if record.stack_info:
+            parts.append(_indented(self.formatStack(record.stack_info)))
+        return "\n".join(parts)
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.splitlines())
+
+
+def install_text_logging(
+    level: int | str = logging.INFO, stream: IO[str] | None = None
+) -> logging.Handler:
+    """As `install_json_logging`, with `TextFormatter` lines for people at a terminal."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(TextFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
 
 
 def install_json_logging(

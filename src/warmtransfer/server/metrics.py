@@ -6,9 +6,10 @@ other's series or fail on a duplicate name.
 
 Two kinds of input:
 - `observe_event(TransferEvent)`, called on every move of every transfer (use it as, or from,
-  the transfer's `on_event`): counts transfers by how they ended, and times what the events
-  time: dial to answer, and time on hold (the hold starts at HoldStarted and ends with the
-  transfer: bridged, given back, dismissed or abandoned).
+  the transfer's `on_event`): counts transfers started and by how they ended (one that ends
+  before its Start counts as started too: the two counters always agree), and times what the
+  events time: dial to answer, and time on hold (the hold starts at HoldStarted and ends with
+  the transfer: bridged, given back, dismissed or abandoned).
 - `collect_engine(engine)`, called just before each scrape by the HTTP layer: gauges read from
   the engine as it is now (calls in progress, RTP packets and loss of the live legs, the pacing
   clock's lateness percentiles).
@@ -165,6 +166,10 @@ class Metrics:
 
     def _ended(self, event: TransferEvent) -> None:
         tid = event.transfer_id
+        if tid not in self._live:
+            # It ended before its Start (the caller hung up, or it was cancelled, before it
+            # began): counted as started too, so that ended never exceeds started.
+            self.transfers_started.inc()
         held = self._held.pop(tid, None)
         if held is not None:
             self.time_on_hold.observe(max(0.0, event.at - held))

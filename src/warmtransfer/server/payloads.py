@@ -4,6 +4,13 @@ Why one module: a receiver of webhooks and a client polling the API read the sam
 must not have to learn two spellings of it. Times are Unix seconds: the engine's clock is the
 event loop's monotonic clock, which means nothing outside the process, so each payload is
 converted with the offset taken when it is made.
+
+The API reads a transfer from memory while it is recent and from the records store after, and
+the store keeps its own columns (see `records`); `stored_event_payload` and
+`stored_outcome_payload` turn a stored row into the very shape `event_payload` and
+`outcome_payload` give, so a client never sees the answer change shape as a transfer ages. A
+target is always ``{"uri", "display_name"}`` (who was dialled; the plan has the rest, and its
+post-dial digits or extra headers have no business in a log or a webhook).
 """
 
 from __future__ import annotations
@@ -12,15 +19,27 @@ import dataclasses
 import enum
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import Attempt, Completed, TransferOutcome
 from warmtransfer.transfer.states import AttemptEvent
+from warmtransfer.transfer.target import Target
 
-__all__ = ["event_payload", "outcome_payload", "plain", "wall_clock"]
+if TYPE_CHECKING:
+    from warmtransfer.server.records import EventRecord, TransferRecord
+
+__all__ = [
+    "event_payload",
+    "outcome_payload",
+    "plain",
+    "stored_event_payload",
+    "stored_outcome_payload",
+    "target_payload",
+    "wall_clock",
+]
 
 
 def wall_clock(monotonic: float, now_monotonic: float) -> float:
@@ -28,8 +47,15 @@ def wall_clock(monotonic: float, now_monotonic: float) -> float:
     return round(time.time() - (now_monotonic - monotonic), 6)
 
 
+def target_payload(uri: str, display_name: str | None) -> dict[str, Any]:
+    """Who was dialled, as every payload (and the records store) names a target."""
+    return {"uri": uri, "display_name": display_name}
+
+
 def plain(value: object) -> Any:
     """A JSON-ready copy of an event's or an outcome's field."""
+    if isinstance(value, Target):
+        return target_payload(value.uri, value.display_name)
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, enum.Enum):
@@ -73,6 +99,12 @@ def _attempt(attempt: Attempt, now_monotonic: float) -> dict[str, Any]:
     return data
 
 
+#: The keys of a completed outcome's and of a failed one's own facts: every outcome payload has
+#: all of them (null where they do not apply), so its shape does not depend on how it ended.
+_COMPLETED_KEYS = ("target", "winner", "fallback")
+_FAILED_KEYS = ("sip_status", "sip_reason", "detail", "dismissed", "recorded_message")
+
+
 def outcome_payload(outcome: TransferOutcome, now_monotonic: float) -> dict[str, Any]:
     """How a transfer ended: ok, reason, the SIP status when there is one, and the attempts."""
     data: dict[str, Any] = {
@@ -81,6 +113,7 @@ def outcome_payload(outcome: TransferOutcome, now_monotonic: float) -> dict[str,
         "started": wall_clock(outcome.started, now_monotonic),
         "ended": wall_clock(outcome.ended, now_monotonic),
         "attempts": [_attempt(a, now_monotonic) for a in outcome.attempts],
+        **dict.fromkeys(_COMPLETED_KEYS + _FAILED_KEYS),
     }
     if isinstance(outcome, Completed):
         data.update(target=plain(outcome.target), winner=outcome.winner, fallback=outcome.fallback)
@@ -92,4 +125,45 @@ def outcome_payload(outcome: TransferOutcome, now_monotonic: float) -> dict[str,
             dismissed=outcome.dismissed,
             recorded_message=plain(outcome.recorded_message),
         )
+    return data
+
+
+# -- from the records store ---------------------------------------------------------------------
+
+
+def stored_event_payload(transfer_id: str, event: EventRecord) -> dict[str, Any]:
+    """A stored event (`records.EventRecord`, its time already Unix) as `event_payload`."""
+    return {
+        "transfer_id": transfer_id,
+        "event": event.name,
+        "previous": event.previous,
+        "state": event.state,
+        "at": event.at,
+        "attempt": event.attempt,
+        "fields": event.fields,
+    }
+
+
+def _stored_attempt(attempt: dict[str, Any]) -> dict[str, Any]:
+    """The store keeps an attempt's target as `target` (its URI) and `target_name`."""
+    data = {key: value for key, value in attempt.items() if key != "target_name"}
+    data["target"] = target_payload(attempt["target"], attempt.get("target_name"))
+    return data
+
+
+def stored_outcome_payload(record: TransferRecord) -> dict[str, Any] | None:
+    """A stored transfer's outcome (None while it is incomplete) as `outcome_payload`."""
+    stored = record.outcome
+    if stored is None:
+        return None
+    data: dict[str, Any] = {
+        "ok": stored["ok"],
+        "reason": stored["reason"],
+        "started": stored["started"],
+        "ended": stored["ended"],
+        "attempts": [_stored_attempt(a) for a in record.attempts],
+        **{key: stored.get(key) for key in _COMPLETED_KEYS + _FAILED_KEYS},
+    }
+    if stored.get("target") is not None:
+        data["target"] = target_payload(stored["target"], stored.get("target_name"))
     return data

@@ -321,23 +321,26 @@ class RecordedCall:
         """Run a transfer made by `transfer()`: its row is committed (incomplete) first, and its
         outcome written as soon as it ends. If `run()` raises, the row stays incomplete."""
         loop = asyncio.get_running_loop()
-        await self.records.start_transfer(
-            call_id=self.call_id,
-            transfer_id=transfer.transfer_id,
-            started=loop.time(),
-            handoff=self.handoff(briefing, None),
-        )
+        # The transfer stays in `engine.transfers` (where the HTTP API reads it from memory)
+        # until its outcome is committed: never a moment where it reads as unfinished.
         try:
-            outcome = await transfer.run()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.records.flush()
-            raise
+            await self.records.start_transfer(
+                call_id=self.call_id,
+                transfer_id=transfer.transfer_id,
+                started=loop.time(),
+                handoff=self.handoff(briefing, None),
+            )
+            try:
+                outcome = await transfer.run()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.records.flush()
+                raise
+            await self.records.finish_transfer(
+                transfer.transfer_id, outcome, self.handoff(briefing, outcome)
+            )
         finally:
             self.engine.transfers.pop(transfer.transfer_id, None)
-        await self.records.finish_transfer(
-            transfer.transfer_id, outcome, self.handoff(briefing, outcome)
-        )
         return outcome
 
     async def warm_transfer(

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import json
 import logging
 import sqlite3
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from warmtransfer.consult.handoff import HandoffRecord
+from warmtransfer.server.payloads import plain
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import Attempt, Completed, TransferOutcome
 from warmtransfer.transfer.states import AttemptEvent
@@ -299,6 +299,11 @@ class Records:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def closed(self) -> bool:
+        """`close()` has run: nothing more can be written (the file can still be read)."""
+        return self._closed
+
     def wall(self, loop_time: float) -> float:
         """Unix time of a moment on the loop's clock."""
         return loop_time + self._offset
@@ -400,7 +405,7 @@ class Records:
         self._seq[event.transfer_id] = seq + 1
         attempt = event.event.attempt if isinstance(event.event, AttemptEvent) else None
         fields = {
-            f.name: _plain(getattr(event.event, f.name))
+            f.name: plain(getattr(event.event, f.name))
             for f in dataclasses.fields(event.event)
             if f.name not in ("at", "attempt")
         }
@@ -608,20 +613,6 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _plain(value: object) -> object:
-    """An event field as JSON-able data (a Target as its URI and name, an enum as its value)."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    uri = getattr(value, "uri", None)
-    if isinstance(uri, str):  # a Target: who was dialled is what a reader needs of it
-        return {"uri": uri, "display_name": getattr(value, "display_name", None)}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 def load_call(conn: sqlite3.Connection, call_id: str) -> CallRecord | None:

@@ -11,13 +11,16 @@ Shutdown (SIGTERM or SIGINT, or `stop()`), in this order:
    talking to a human keeps talking.
 3. At the timeout, each remaining call is ended with a BYE (its agent sees `LegGone`, a
    transfer under way ends with the caller gone and releases the human's leg), its record is
-   completed, then the engine and the records store are closed, and `run()` returns (exit 0).
+   completed, the HTTP API stops, then the engine closes (whatever it still ends reports to
+   the webhooks and the records like any other end), then the webhooks are flushed and the
+   records store is closed, and `run()` returns (exit 0).
 
 What the config turns on beside the calls (built in, no code needed):
 - ``[http]``: the HTTP API (`HttpApi` over `EngineServiceApi`, with the records store and each
   call's `RecordedCall`), `/metrics` included, on the configured address. It answers for the
-  whole life of the service, drain included; on shutdown the transfers it started are waited
-  for (bounded by the drain timeout) and it stops after the last call ended.
+  whole life of the service, drain included, but starts no transfer once it drains (503); on
+  shutdown the transfers it started are waited for (bounded by the drain timeout) and it
+  stops after the last call ended.
 - ``[webhooks]``: a `WebhookSender` gets every transfer event and each transfer's final handoff
   record, whoever started the transfer (the agent, or the API); on shutdown what is queued is
   delivered for at most WEBHOOK_FLUSH seconds.
@@ -26,8 +29,12 @@ Each call's work runs under `log_context(call_id=...)`, each transfer's under it
 `transfer_id` too, so JSON log lines (`install_json_logging`) name what they are about.
 
 Hooks for applications that embed the service: `hooks` are plain callbacks on a call's start and
-end and on every transfer event, and `companions` are async context managers entered once the
-engine listens and left after the last call ended.
+end and on every transfer event (the agent's transfers and the API's alike), and `companions`
+are async context managers entered once the engine listens and left after the last call ended.
+
+An agent that raises is logged, and its call ends as if it had returned: a transfer the API
+started on the call is waited for, the call is hung up unless handed over, and its record is
+completed.
 """
 
 from __future__ import annotations
@@ -176,14 +183,18 @@ class Service:
             async with AsyncExitStack() as stack:
                 agent = await self._make_agent(stack)
                 stt = self._make_stt(stack)
-                engine = self.engine = engine_from_config(self.config)
-                await engine.start()
-                stack.push_async_callback(engine.close)
+                # What records and reports the calls is opened before the engine and closed
+                # after it (the stack unwinds in reverse): engine.close may still end a call or
+                # a transfer, whose record and webhooks must not be lost.
                 if self.config.records is not None:
                     self.records = await Records.open(self.config.records.path)
                     stack.push_async_callback(self.records.close)
+                await self._start_webhooks(stack)
+                engine = self.engine = engine_from_config(self.config)
+                await engine.start()
+                stack.push_async_callback(engine.close)
                 self.metrics.attach(engine)
-                await self._start_builtins(stack, engine)
+                await self._start_http(stack, engine)
                 registration = await register_trunk(engine, self.config)
                 if registration is not None:
                     log.info("registered at %s", self.config.trunk and self.config.trunk.registrar)
@@ -195,6 +206,8 @@ class Service:
                 accepting = asyncio.ensure_future(self._accept(engine, agent, stt))
                 try:
                     await self._stopping.wait()
+                    if self.http is not None:
+                        self.http.draining = True
                     self._set_state(ServiceState.DRAINING)
                     await self._drain()
                 finally:
@@ -203,24 +216,28 @@ class Service:
                         await accepting
                     await self._end_calls()  # anything left (also when run() is cancelled)
                     await self._settle_api()
-                # Leaving the stack: the HTTP API stops, the webhooks are flushed (bounded),
-                # then the records store and the engine close.
+                # Leaving the stack: the HTTP API stops, the engine closes, then the webhooks
+                # are flushed (bounded) and the records store closes.
         finally:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._set_state(ServiceState.STOPPED)
 
-    async def _start_builtins(self, stack: AsyncExitStack, engine: Engine) -> None:
-        """What ``[webhooks]`` and ``[http]`` turn on, stopped in reverse order by `stack`."""
+    async def _start_webhooks(self, stack: AsyncExitStack) -> None:
+        """What ``[webhooks]`` turns on, flushed (bounded) and stopped by `stack`."""
         hooks = self.config.webhooks
-        if hooks is not None and hooks.urls:
-            secret = hooks.secret.get_secret_value() if hooks.secret is not None else None
-            sender = self.webhooks = WebhookSender(hooks.urls, secret)
-            sender.on_count = self.metrics.count_webhook
-            await sender.start()
-            stack.push_async_callback(sender.stop, WEBHOOK_FLUSH)
-            log.info("webhooks: %d URL(s)", len(hooks.urls))
+        if hooks is None or not hooks.urls:
+            return
+        secret = hooks.secret.get_secret_value() if hooks.secret is not None else None
+        sender = self.webhooks = WebhookSender(hooks.urls, secret)
+        sender.on_count = self.metrics.count_webhook
+        await sender.start()
+        stack.push_async_callback(sender.stop, WEBHOOK_FLUSH)
+        log.info("webhooks: %d URL(s)", len(hooks.urls))
+
+    async def _start_http(self, stack: AsyncExitStack, engine: Engine) -> None:
+        """What ``[http]`` turns on, stopped by `stack` (before the engine closes)."""
         http = self.config.http
         if http is None or not http.enabled:
             return
@@ -230,8 +247,9 @@ class Service:
             self.config.allow,
             records=self.records,
             recorded=self._recorded.get,
-            on_event=[self._observe],
+            on_event=[self._api_event],
             on_finish=[self._api_finished],
+            call_of=self._call_of,
         )
         host, port = http.address
         server = self.http = HttpApi(
@@ -243,6 +261,7 @@ class Service:
             port=port,
             metrics=self.metrics,
             collect=lambda: self.metrics.collect_engine(engine),
+            retry_after=RETRY_AFTER,
         )
         await server.start()
         stack.push_async_callback(server.stop)
@@ -255,6 +274,22 @@ class Service:
                 self.webhooks.send_event(event)
             except Exception:
                 log.exception("webhooks could not queue %s", event)
+
+    def _api_event(self, event: TransferEvent) -> None:
+        """An event of a transfer the API started: as the agent's, with the call's session for
+        `hooks.transfer_event` (none once the call's agent is over: then no hook)."""
+        self._observe(event)
+        call_id = self.api.call_id_of(event.transfer_id) if self.api is not None else None
+        session = self.sessions.get(call_id) if call_id is not None else None
+        if session is not None:
+            self._hook(self.hooks.transfer_event, session, event)
+
+    def _call_of(self, transfer_id: str) -> str | None:
+        """The call of a transfer an agent started (for the API, which did not start it)."""
+        for session in self.sessions.values():
+            if transfer_id in session.transfer_ids:
+                return session.call_id
+        return None
 
     def _finished(
         self, transfer_id: str, call_id: str, outcome: TransferOutcome, record: HandoffRecord
@@ -397,8 +432,8 @@ class Service:
                 finally:
                     del self.sessions[call.call_id]
                     self._hook(self.hooks.call_ended, session)
-        except Exception:
-            log.exception("call %s: the agent failed", call.call_id)
+        except Exception:  # the agent's own errors are handled in _run_agent: this is ours
+            log.exception("call %s failed", call.call_id)
             await call.hangup()
         log.info("call %s ended (%s)", call.call_id, call.end_reason or EndReason.LOCAL_BYE)
 
@@ -421,9 +456,8 @@ class Service:
                     async with asyncio.timeout(HANGUP_GRACE):
                         await session.idle.wait()
                         await asyncio.wait({work}, timeout=0.5)
-            if work.done():
-                with contextlib.suppress(LegGone):
-                    work.result()
+            if work.done() and not work.cancelled():
+                _log_agent_error(work, session.call_id)
             if self.api is not None:
                 # A transfer started through the API on this call (the caller is held, and
                 # the agent, refused the line, may have returned): it decides how this ends.
@@ -436,6 +470,14 @@ class Service:
             for task in (work, ended):
                 task.cancel()
             await asyncio.gather(work, ended, return_exceptions=True)
+
+
+def _log_agent_error(work: asyncio.Future[None], call_id: str) -> None:
+    """An agent that raised is a bug of the agent, not of the call: logged here, and the call
+    ends as any other (its API transfer waited for, its record completed)."""
+    error = work.exception()
+    if error is not None and not isinstance(error, LegGone):
+        log.error("call %s: the agent failed", call_id, exc_info=error)
 
 
 async def _call_agent(agent: Agent, session: CallSession) -> None:

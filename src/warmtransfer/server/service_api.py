@@ -28,9 +28,14 @@ from warmtransfer.consult.handoff import HandoffRecord
 from warmtransfer.consult.ports import Briefing, Turn
 from warmtransfer.engine import Engine
 from warmtransfer.server.logs import log_context
-from warmtransfer.server.payloads import event_payload, outcome_payload
+from warmtransfer.server.payloads import (
+    event_payload,
+    outcome_payload,
+    stored_event_payload,
+    stored_outcome_payload,
+)
 from warmtransfer.server.recording import RecordedCall
-from warmtransfer.server.records import Records, load_call, open_for_reading
+from warmtransfer.server.records import Records, TransferRecord, load_call, open_for_reading
 from warmtransfer.sip.call import IncomingCall
 from warmtransfer.transfer.driver import WarmTransfer
 from warmtransfer.transfer.events import TransferEvent
@@ -40,12 +45,16 @@ from warmtransfer.transfer.states import is_terminal
 from warmtransfer.transfer.target import AllowList
 
 __all__ = [
+    "AttemptInfo",
     "BriefingIn",
     "CallInfo",
     "CallNotFound",
     "EngineServiceApi",
+    "EventInfo",
+    "OutcomeInfo",
     "RecordsDisabled",
     "ServiceApi",
+    "TargetInfo",
     "TransferConflict",
     "TransferInfo",
     "TransferNotFound",
@@ -114,13 +123,80 @@ class CallInfo(BaseModel):
     transfer_id: str | None = Field(default=None, description="its transfer running now")
 
 
+# The shapes of `payloads.event_payload` and `payloads.outcome_payload`, as models: the OpenAPI
+# document describes them, and a payload from memory or from the records store that drifted
+# from them (a key missing or extra) fails here, in the tests, not in a client.
+
+_EXACT = ConfigDict(frozen=True, extra="forbid")
+
+
+class TargetInfo(BaseModel):
+    model_config = _EXACT
+
+    uri: str
+    display_name: str | None
+
+
+class AttemptInfo(BaseModel):
+    """One dial of one target; times in Unix seconds."""
+
+    model_config = _EXACT
+
+    target: TargetInfo
+    started: float
+    ringing: float | None
+    answered: float | None
+    ended: float | None
+    reason: str | None = Field(description="transfer.outcome.Reason value")
+    sip_status: int | None
+    sip_reason: str | None
+    detail: str
+    round: int
+    fallback: bool
+
+
+class OutcomeInfo(BaseModel):
+    """How a transfer ended. `target`, `winner`, `fallback` are set when it completed;
+    `sip_status` .. `recorded_message` when it failed (null otherwise)."""
+
+    model_config = _EXACT
+
+    ok: bool
+    reason: str = Field(description="transfer.outcome.Reason value")
+    started: float
+    ended: float
+    attempts: list[AttemptInfo]
+    target: TargetInfo | None
+    winner: int | None
+    fallback: bool | None
+    sip_status: int | None
+    sip_reason: str | None
+    detail: str | None
+    dismissed: bool | None
+    recorded_message: str | None
+
+
+class EventInfo(BaseModel):
+    """One move of a transfer (the same as a "transfer.event" webhook's data)."""
+
+    model_config = _EXACT
+
+    transfer_id: str
+    event: str = Field(description="the event's name, e.g. DialStarted")
+    previous: str
+    state: str
+    at: float
+    attempt: int | None
+    fields: dict[str, Any]
+
+
 class TransferInfo(BaseModel):
     transfer_id: str
-    call_id: str | None
+    call_id: str | None = Field(description="the caller's call")
     state: str = Field(description="transfer.states.State value")
     ended: bool
-    outcome: dict[str, Any] | None = None
-    events: list[dict[str, Any]] = Field(default_factory=list)
+    outcome: OutcomeInfo | None = None
+    events: list[EventInfo] = Field(default_factory=list)
 
 
 class ServiceApi(Protocol):
@@ -169,6 +245,13 @@ class _Tracked:
     recorded: bool = False
     record: HandoffRecord | None = None
 
+    @property
+    def ended(self) -> bool:
+        """Its state is final, or its run is over whatever the state says: a run that failed
+        before the transfer moved (e.g. the records store refused its row) leaves it IDLE for
+        ever, and it must not count as running (a 409 on every later transfer of the call)."""
+        return is_terminal(self.transfer.state) or (self.task is not None and self.task.done())
+
 
 EventListener = Callable[[TransferEvent], None]
 #: Called when a transfer started here ends: (transfer_id, call_id, outcome, handoff record).
@@ -184,6 +267,8 @@ class EngineServiceApi:
     returns None) and with `records`, the transfer's own row and events are still written.
     `on_event` listeners (webhooks, metrics) see every move; `on_finish` listeners the outcome
     and the final handoff record. A listener that raises is logged, never propagated.
+    `call_of`: the call of a transfer this API did not start (the service's agents' transfers,
+    read from `engine.transfers`), by transfer id; without it their `call_id` reads null.
     """
 
     def __init__(
@@ -195,6 +280,7 @@ class EngineServiceApi:
         recorded: Callable[[str], RecordedCall | None] | None = None,
         on_event: Sequence[EventListener] = (),
         on_finish: Sequence[FinishListener] = (),
+        call_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.engine = engine
         self.allow = allow
@@ -202,14 +288,13 @@ class EngineServiceApi:
         self._recorded = recorded
         self.on_event = list(on_event)
         self.on_finish = list(on_finish)
+        self._call_of = call_of
         self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
 
     # -- calls ----------------------------------------------------------------------------
 
     async def list_calls(self) -> list[CallInfo]:
-        running = {
-            t.call_id: tid for tid, t in self._tracked.items() if not is_terminal(t.transfer.state)
-        }
+        running = {t.call_id: tid for tid, t in self._tracked.items() if not t.ended}
         calls = []
         for call in self.engine.ua.calls.values():
             if not call.is_up:
@@ -236,7 +321,7 @@ class EngineServiceApi:
         if call is None or not call.is_up or not isinstance(call, IncomingCall):
             raise CallNotFound(f"no caller's call {call_id!r} is in progress")
         for tracked in self._tracked.values():
-            if tracked.call_id == call_id and not is_terminal(tracked.transfer.state):
+            if tracked.call_id == call_id and not tracked.ended:
                 raise TransferConflict(
                     f"call {call_id!r} already has transfer {tracked.transfer.transfer_id} running"
                 )
@@ -264,7 +349,7 @@ class EngineServiceApi:
 
     def _remember(self, transfer_id: str, tracked: _Tracked) -> None:
         self._tracked[transfer_id] = tracked
-        finished = [tid for tid, t in self._tracked.items() if is_terminal(t.transfer.state)]
+        finished = [tid for tid, t in self._tracked.items() if t.ended]
         for tid in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._tracked[tid]
 
@@ -277,8 +362,11 @@ class EngineServiceApi:
             lock.release()
 
     async def _run_locked(self, tracked: _Tracked, recorded: RecordedCall | None) -> None:
+        # `tracked.task` may be done already: a waiter that was cancelled (a drain bounded by a
+        # timeout) must not cost the outcome its listeners, so it is settled only if it is not.
         transfer, briefing = tracked.transfer, tracked.briefing
-        assert tracked.task is not None
+        task = tracked.task
+        assert task is not None
         with log_context(call_id=tracked.call_id, transfer_id=transfer.transfer_id):
             try:
                 if recorded is not None:
@@ -286,11 +374,12 @@ class EngineServiceApi:
                 else:
                     outcome = await self._run_plain(tracked)
             except asyncio.CancelledError:
-                tracked.task.cancel()
+                task.cancel()
                 raise
             except Exception as exc:
-                tracked.task.set_exception(exc)
-                tracked.task.exception()  # retrieved: awaited by nobody else
+                if not task.done():
+                    task.set_exception(exc)
+                    task.exception()  # retrieved: awaited by nobody else
                 log.exception("transfer %s raised", transfer.transfer_id)
                 return
             finally:
@@ -299,7 +388,8 @@ class EngineServiceApi:
             if isinstance(outcome, Failed) and outcome.recorded_message is not None:
                 record = record.with_recorded_message(outcome.recorded_message)
             tracked.record = record
-            tracked.task.set_result(outcome)
+            if not task.done():
+                task.set_result(outcome)
             for listener in self.on_finish:
                 try:
                     listener(transfer.transfer_id, tracked.call_id, outcome, record)
@@ -350,6 +440,13 @@ class EngineServiceApi:
         transfer.cancel()
         return self._info(found)
 
+    def call_id_of(self, transfer_id: str) -> str | None:
+        """The call of a transfer known in memory (started here, or by an agent)."""
+        tracked = self._tracked.get(transfer_id)
+        if tracked is not None:
+            return tracked.call_id
+        return self._call_of(transfer_id) if self._call_of is not None else None
+
     async def transfer_state(self, transfer_id: str) -> TransferInfo:
         try:
             return self._info(self._find(transfer_id))
@@ -357,31 +454,36 @@ class EngineServiceApi:
             stored = await self._stored(transfer_id)
             if stored is None:
                 raise
-            return TransferInfo(
+            return _transfer_info(
                 transfer_id=transfer_id,
-                call_id=stored["call_id"],
-                state=stored["events"][-1]["state"] if stored["events"] else "idle",
-                ended=not stored["incomplete"],
-                outcome=stored["outcome"],
-                events=stored["events"],
+                call_id=stored.call_id,
+                state=stored.events[-1].state if stored.events else "idle",
+                ended=not stored.incomplete,
+                outcome=stored_outcome_payload(stored),
+                events=[stored_event_payload(transfer_id, e) for e in stored.events],
             )
 
     async def transfer_record(self, transfer_id: str) -> dict[str, Any]:
         if self.records is None:
             raise RecordsDisabled("this service keeps no records store ([records] in the config)")
-        await self.records.flush()
         stored = await self._stored(transfer_id)
         if stored is None:
             raise TransferNotFound(f"no record of transfer {transfer_id!r}")
-        return stored
+        data = asdict(stored)
+        data["events"] = [asdict(e) for e in stored.events]
+        return data
 
-    async def _stored(self, transfer_id: str) -> dict[str, Any] | None:
-        """The transfer's row, events included, from the store (read on a thread of its own)."""
+    async def _stored(self, transfer_id: str) -> TransferRecord | None:
+        """The transfer's row, events included, from the store (read on a thread of its own),
+        after what the store still buffers is written: a transfer that has just left memory
+        must not read as less than it was."""
         if self.records is None:
             return None
+        if not self.records.closed:
+            await self.records.flush()
         path = self.records.path
 
-        def read() -> dict[str, Any] | None:
+        def read() -> TransferRecord | None:
             conn = open_for_reading(path)
             try:
                 row = conn.execute(
@@ -397,12 +499,7 @@ class EngineServiceApi:
                 conn.close()
             if call is None:
                 return None
-            for stored in call.transfers:
-                if stored.transfer_id == transfer_id:
-                    data = asdict(stored)
-                    data["events"] = [asdict(e) for e in stored.events]
-                    return data
-            return None
+            return next((t for t in call.transfers if t.transfer_id == transfer_id), None)
 
         with contextlib.suppress(FileNotFoundError):
             return await asyncio.to_thread(read)
@@ -412,11 +509,11 @@ class EngineServiceApi:
         transfer = found.transfer if isinstance(found, _Tracked) else found
         now = asyncio.get_running_loop().time()
         outcome = transfer.outcome
-        return TransferInfo(
+        return _transfer_info(
             transfer_id=transfer.transfer_id,
-            call_id=found.call_id if isinstance(found, _Tracked) else None,
+            call_id=self.call_id_of(transfer.transfer_id),
             state=transfer.state.value,
-            ended=is_terminal(transfer.state),
+            ended=found.ended if isinstance(found, _Tracked) else is_terminal(transfer.state),
             outcome=None if outcome is None else outcome_payload(outcome, now),
             events=[event_payload(e, now) for e in transfer.timeline],
         )
@@ -440,7 +537,30 @@ class EngineServiceApi:
             await asyncio.gather(*(asyncio.shield(p) for p in pending), return_exceptions=True)
 
     async def drain(self) -> None:
-        """Until every transfer started here has ended (SIGTERM: let callers finish)."""
-        pending = [t.task for t in self._tracked.values() if t.task is not None]
+        """Until every transfer started here has ended (SIGTERM: let callers finish). Waiting
+        is all it does: cancelled (a drain bounded by a timeout), it leaves the transfers and
+        their outcomes alone."""
+        pending = {t.task for t in self._tracked.values() if t.task is not None}
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(pending)
+
+
+def _transfer_info(
+    *,
+    transfer_id: str,
+    call_id: str | None,
+    state: str,
+    ended: bool,
+    outcome: dict[str, Any] | None,
+    events: list[dict[str, Any]],
+) -> TransferInfo:
+    """A transfer as the API shows it, read from memory or from the store (the payloads have
+    one shape either way: see `payloads`)."""
+    return TransferInfo(
+        transfer_id=transfer_id,
+        call_id=call_id,
+        state=state,
+        ended=ended,
+        outcome=None if outcome is None else OutcomeInfo.model_validate(outcome),
+        events=[EventInfo.model_validate(event) for event in events],
+    )

@@ -111,6 +111,9 @@ class CallSession:
         self.transcript: list[Turn] = []
         self.facts: dict[str, str] = {}
         self.outcomes: list[TransferOutcome] = []
+        #: Every transfer this session started, from the moment it is made (the HTTP API asks
+        #: which call an agent's transfer belongs to).
+        self.transfer_ids: set[str] = set()
         self.briefing: Briefing | None = None
         # Set while no transfer runs: the service waits on it before it ends an agent whose
         # caller hung up, so a transfer reports its own outcome (caller hung up) first.
@@ -251,6 +254,7 @@ class CallSession:
 
         if self.recorded is not None:
             transfer = self.recorded.transfer(self.leg, plan, briefing, on_event=self._event)
+            self.transfer_ids.add(transfer.transfer_id)
             with log_context(call_id=self.call_id, transfer_id=transfer.transfer_id):
                 _started(transfer.transfer_id, plan)
                 outcome = await self.recorded.run(transfer, briefing)
@@ -267,6 +271,7 @@ class CallSession:
             outcome = await self.engine.warm_transfer(self.leg, plan, briefing, on_event=first_id)
             return outcome, (seen[0] if seen else None)
         transfer = self.engine.transfer(self.leg, plan, briefing, on_event=self._event)
+        self.transfer_ids.add(transfer.transfer_id)
         with log_context(call_id=self.call_id, transfer_id=transfer.transfer_id):
             _started(transfer.transfer_id, plan)
             try:
@@ -277,6 +282,7 @@ class CallSession:
             return outcome, transfer.transfer_id
 
     def _event(self, event: TransferEvent) -> None:
+        self.transfer_ids.add(event.transfer_id)
         if self.on_event is not None:
             self.on_event(self, event)
 

@@ -1,15 +1,20 @@
 """Webhooks: every transfer event and every final handoff record, POSTed as signed JSON.
 
-Delivery never blocks a call. `send()` only appends to a bounded in-memory queue and returns;
-one sender task (started by `start()`) POSTs each delivery to every URL in turn. A receiver that
-is slow or down delays other deliveries, never a caller on hold. When the queue is full the
-*oldest* delivery is dropped (the newest says most about where a transfer is now), counted in
-`dropped` and logged.
+Delivery never blocks a call. `send()` only appends to bounded in-memory queues and returns.
+Each URL has its own queue and its own sender task (started by `start()`): a receiver that is
+slow or down delays (and, once its queue is full, loses) only its own deliveries, never another
+receiver's, never a caller on hold. When a queue is full its *oldest* delivery is dropped (the
+newest says most about where a transfer is now), counted in `dropped` and logged; so is what
+`stop()` leaves undelivered.
 
 Retries: a delivery that fails (connection error, timeout, a 5xx or 429 status) is tried again
 after an exponential backoff with full jitter (`random() * min(max_delay, base_delay * 2**n)`),
-up to `max_attempts` in all; a 4xx other than 429 is the receiver refusing it, and is not
-retried. Counted in `delivered` and `failed`.
+up to `max_attempts` in all. Any other status that is not 2xx is final: a 4xx is the receiver
+refusing it, and a 3xx is not followed (a redirect would carry the signed body to wherever it
+points) nor retried (it would say the same again). Counted in `delivered` and `failed`.
+
+URLs often carry a token (a path, ``user:pass@``, ``?token=``): log lines show them redacted
+(`config.redact.redact_url`), and an HTTP error's text too.
 
 Signature scheme (as Stripe's): each POST carries
 
@@ -44,6 +49,7 @@ from typing import Any
 
 import httpx
 
+from warmtransfer.config.redact import redact_url, redact_urls_in
 from warmtransfer.consult.handoff import HandoffRecord
 from warmtransfer.server.payloads import event_payload, outcome_payload
 from warmtransfer.transfer.events import TransferEvent
@@ -135,9 +141,28 @@ class Delivery:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+@dataclass(eq=False)
+class _Channel:
+    """One URL's queue and sender task."""
+
+    url: str
+    queue: deque[Delivery] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    sending: Delivery | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def shown(self) -> str:
+        return redact_url(self.url)
+
+
 class WebhookSender:
-    """The queue and its sender task. Make it, `await start()`, call `send_event` (usable as a
-    transfer's `on_event`) and `send_handoff`, and `await stop()` on shutdown."""
+    """The queues and their sender tasks. Make it, `await start()`, call `send_event` (usable
+    as a transfer's `on_event`) and `send_handoff`, and `await stop()` on shutdown."""
 
     def __init__(
         self,
@@ -154,12 +179,16 @@ class WebhookSender:
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`secret` None sends unsigned deliveries (the config warns about that; a receiver on
-        a public URL should refuse them). `sleep`, `jitter` and `clock` are injectable so tests
-        check the backoff without waiting for it. `client` (else one made at `start`) lets an
-        app set proxies or TLS; the sender closes only a client it made."""
+        """`secret` signs every delivery; None sends them unsigned (for an app's own tests: the
+        service's config requires a secret), and an empty one is refused (ValueError), as it
+        would sign with a key anyone knows. `max_queue` is per URL. `sleep`, `jitter` and
+        `clock` are injectable so tests check the backoff without waiting for it. `client`
+        (else one made at `start`) lets an app set proxies or TLS; the sender closes only a
+        client it made."""
         if max_queue < 1 or max_attempts < 1:
             raise ValueError("max_queue and max_attempts must be at least 1")
+        if secret is not None and not secret:
+            raise ValueError("the webhook secret is empty: give one (or None for unsigned)")
         self.urls = tuple(urls)
         self._secret = secret
         self.max_queue = max_queue
@@ -172,11 +201,8 @@ class WebhookSender:
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
-        self._queue: deque[Delivery] = deque()
-        self._ready = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        self._channels = [_Channel(url) for url in self.urls]
+        self._started = False
         self.dropped = 0
         self.delivered = 0
         self.failed = 0
@@ -188,44 +214,62 @@ class WebhookSender:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Deliveries waiting, summed over the URLs (one in flight is not counted)."""
+        return sum(len(channel.queue) for channel in self._channels)
 
     async def start(self) -> WebhookSender:
-        if self._task is None:
+        if not self._started:
+            self._started = True
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=self._timeout)
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="warmtransfer-webhooks"
-            )
+            loop = asyncio.get_running_loop()
+            for index, channel in enumerate(self._channels):
+                channel.task = loop.create_task(
+                    self._run(channel), name=f"warmtransfer-webhooks-{index}"
+                )
         return self
 
     async def stop(self, drain: float = 5.0) -> None:
-        """Deliver what is queued for up to `drain` seconds, then stop (the rest is dropped and
-        counted) and close the client if it is ours."""
-        if self._task is not None:
+        """Deliver what is queued for up to `drain` seconds, then stop (the rest, and a
+        delivery cut off in flight, is dropped and counted) and close the client if it is
+        ours."""
+        if self._started:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain):
                     await self.wait_idle()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        left = len(self._queue)
-        if left:
-            self.dropped += left
-            log.warning("webhooks stopped with %d deliveries undelivered", left)
-            self._queue.clear()
+            for channel in self._channels:
+                await self._stop_channel(channel)
+            self._started = False
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None
 
+    async def _stop_channel(self, channel: _Channel) -> None:
+        if channel.task is not None:
+            channel.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await channel.task
+            channel.task = None
+        left = len(channel.queue) + (channel.sending is not None)
+        channel.queue.clear()
+        channel.sending = None
+        channel.idle.set()
+        if left:
+            log.warning(
+                "webhooks stopped with %d deliveries to %s undelivered", left, channel.shown
+            )
+            for _ in range(left):
+                self._drop()
+
     async def wait_idle(self) -> None:
-        """Until the queue is empty and no delivery is in flight (tests, and a drain)."""
-        await self._idle.wait()
+        """Until every queue is empty and no delivery is in flight (tests, and a drain)."""
+        while not all(channel.idle.is_set() for channel in self._channels):
+            for channel in self._channels:
+                await channel.idle.wait()
 
     def send(self, kind: str, data: dict[str, Any]) -> Delivery:
-        """Queue one delivery and return at once (never awaits, never raises for a full
-        queue: the oldest delivery is dropped instead)."""
+        """Queue one delivery for every URL and return at once (never awaits, never raises for
+        a full queue: the oldest delivery of that queue is dropped instead)."""
         delivery = Delivery(kind, b"")
         created = int(self._clock())
         delivery.body = json.dumps(
@@ -233,21 +277,20 @@ class WebhookSender:
             separators=(",", ":"),
             default=str,
         ).encode()
-        if not self.urls:
-            return delivery
-        if len(self._queue) >= self.max_queue:
-            old = self._queue.popleft()
-            self.dropped += 1
-            self._count("dropped")
-            log.warning(
-                "webhook queue full (%d): dropped the oldest delivery %s (%s)",
-                self.max_queue,
-                old.id,
-                old.kind,
-            )
-        self._queue.append(delivery)
-        self._idle.clear()
-        self._ready.set()
+        for channel in self._channels:
+            if len(channel.queue) >= self.max_queue:
+                old = channel.queue.popleft()
+                self._drop()
+                log.warning(
+                    "webhook queue of %s full (%d): dropped the oldest delivery %s (%s)",
+                    channel.shown,
+                    self.max_queue,
+                    old.id,
+                    old.kind,
+                )
+            channel.queue.append(delivery)
+            channel.idle.clear()
+            channel.ready.set()
         return delivery
 
     def send_event(self, event: TransferEvent) -> None:
@@ -275,7 +318,7 @@ class WebhookSender:
             },
         )
 
-    # -- the sender task ------------------------------------------------------------------
+    # -- the sender tasks -----------------------------------------------------------------
 
     def _count(self, what: str) -> None:
         if self.on_count is not None:
@@ -284,28 +327,32 @@ class WebhookSender:
             except Exception:
                 log.exception("webhook counter hook raised")
 
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._count("dropped")
+
     def backoff(self, retry: int) -> float:
         """Delay before retry number `retry` (1-based): full jitter over an exponential cap."""
         cap = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
         return self._jitter() * cap
 
-    async def _run(self) -> None:
+    async def _run(self, channel: _Channel) -> None:
         while True:
-            if not self._queue:
-                self._idle.set()
-                self._ready.clear()
-                await self._ready.wait()
+            if not channel.queue:
+                channel.idle.set()
+                channel.ready.clear()
+                await channel.ready.wait()
                 continue
-            delivery = self._queue.popleft()
-            for url in self.urls:
-                try:
-                    await self._deliver(url, delivery)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug here must not stop every later delivery
-                    log.exception("webhook delivery %s to %s raised", delivery.id, url)
+            delivery = channel.sending = channel.queue.popleft()
+            try:
+                await self._deliver(channel, delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop every later delivery
+                log.exception("webhook delivery %s to %s raised", delivery.id, channel.shown)
+            channel.sending = None
 
-    async def _deliver(self, url: str, delivery: Delivery) -> bool:
+    async def _deliver(self, channel: _Channel, delivery: Delivery) -> bool:
         assert self._client is not None
         last = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -313,34 +360,44 @@ class WebhookSender:
                 self.retries += 1
                 self._count("retry")
                 await self._sleep(self.backoff(attempt - 1))
-            headers = {
-                "Content-Type": "application/json",
-                DELIVERY_HEADER: delivery.id,
-                EVENT_HEADER: delivery.kind,
-                "User-Agent": "warmtransfer-webhooks",
-            }
-            if self._secret:
-                headers[SIGNATURE_HEADER] = sign(delivery.body, self._secret, int(self._clock()))
             try:
-                response = await self._client.post(url, content=delivery.body, headers=headers)
+                response = await self._client.post(
+                    channel.url, content=delivery.body, headers=self._headers(delivery)
+                )
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {redact_urls_in(str(exc))}"
                 continue
             if response.is_success:
                 self.delivered += 1
                 self._count("delivered")
                 return True
             last = f"HTTP {response.status_code}"
-            if 400 <= response.status_code < 500 and response.status_code != 429:
-                break  # the receiver refuses it; asking again will not change its mind
+            if not _worth_retrying(response.status_code):
+                break
         self.failed += 1
         self._count("failed")
         log.warning(
             "webhook delivery %s (%s) to %s failed after %d attempt(s): %s",
             delivery.id,
             delivery.kind,
-            url,
+            channel.shown,
             attempt,
             last,
         )
         return False
+
+    def _headers(self, delivery: Delivery) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            DELIVERY_HEADER: delivery.id,
+            EVENT_HEADER: delivery.kind,
+            "User-Agent": "warmtransfer-webhooks",
+        }
+        if self._secret is not None:
+            headers[SIGNATURE_HEADER] = sign(delivery.body, self._secret, int(self._clock()))
+        return headers
+
+
+def _worth_retrying(status: int) -> bool:
+    """A 5xx or a 429 may go away; a 3xx or another 4xx is the receiver's answer."""
+    return status >= 500 or status == 429
