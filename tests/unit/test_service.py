@@ -21,7 +21,7 @@ import pytest
 
 import warmtransfer.server.service as service_module
 from tests.unit.conftest import started_ua
-from tests.unit.sip_wire import Wire
+from tests.unit.sip_wire import Wire, new_call_id
 from tests.unit.test_http_api import AUTH, BRIEFING, TOKEN, NeverConsulted, StandInTTS
 from warmtransfer.config.model import Config
 from warmtransfer.engine import Engine
@@ -167,6 +167,12 @@ async def test_a_draining_service_starts_no_transfer_through_the_api(
         assert response.json()["error"] == "draining"
         assert response.headers["Retry-After"] == "30"
         assert not line.wire.requests("INVITE")  # nobody was dialled
+        # A proxy pinging with OPTIONS hears what a new INVITE would (RFC 3261 11.2).
+        assert line.service.engine is not None
+        ours = line.service.engine.ua.address
+        line.wire.send(line.wire.request("OPTIONS", ours, call_id=new_call_id()), ours)
+        refused = await line.wire.response(503, "OPTIONS")
+        assert refused.headers.get("Retry-After") == "30"
         await phone_call.hangup()
 
 

@@ -208,6 +208,9 @@ class Service:
                     await self._stopping.wait()
                     if self.http is not None:
                         self.http.draining = True
+                    # Proxies pinging us with OPTIONS (kamailio's dispatcher) now see the 503
+                    # that new INVITEs get, and stop sending calls here.
+                    engine.ua.refusing_calls = (503, "Service Unavailable", RETRY_AFTER)
                     self._set_state(ServiceState.DRAINING)
                     await self._drain()
                 finally:
