@@ -4,6 +4,8 @@ incomplete ones, safe to repeat, and a bad source refused before anything is wri
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,24 @@ async def test_a_bad_source_is_refused_before_anything_is_written(tmp_path: Path
     with pytest.raises(MergeError, match="schema version 99"):
         merge_records(merged, [good, other])
     assert not merged.exists()  # refused before the target was even created
+
+
+async def test_the_command_merges_and_the_report_reads_the_merged_file(tmp_path: Path) -> None:
+    a = await store(tmp_path / "a" / "records.sqlite3", "call-a1")
+    b = await store(tmp_path / "b" / "records.sqlite3", "call-b1")
+    merged = tmp_path / "all.sqlite3"
+
+    def warmtransfer(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "warmtransfer", *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    done = warmtransfer("merge-records", merged, a, b)
+    assert done.returncode == 0, done.stderr
+    assert "2 calls copied, 0 replaced, 0 already there" in done.stdout
+    page = tmp_path / "b1.html"
+    shown = warmtransfer("report", "call-b1", "--records", merged, "--out", page)
+    assert shown.returncode == 0, shown.stderr
+    assert "call-b1" in page.read_text()
+    refused = warmtransfer("merge-records", merged, tmp_path / "nope.sqlite3")
+    assert refused.returncode == 1
+    assert "nope.sqlite3: no such records file" in refused.stderr

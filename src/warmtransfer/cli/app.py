@@ -78,6 +78,23 @@ def report(
     console.print(f"wrote {written}", markup=False, highlight=False)
 
 
+@app.command("merge-records")
+def merge_records(
+    into: Annotated[Path, typer.Argument(help="the records file to merge into (created)")],
+    sources: Annotated[list[Path], typer.Argument(help="records files of other instances")],
+) -> None:
+    """Merge the records files of several instances (one per host) into one; safe to repeat."""
+    from warmtransfer.server.records_merge import MergeError
+    from warmtransfer.server.records_merge import merge_records as merge
+
+    try:
+        summary = merge(into, sources)
+    except MergeError as exc:
+        Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"{into}: {summary}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("check-config")
 def check_config(
     file: Annotated[Path, typer.Argument(help="the service's config file (TOML)")],
