@@ -247,7 +247,27 @@ async def run_kamailio(
         await proc.stop()
 
 
-class KamailioPeer(RunsAProcess):
+class ProxyAddress:
+    """Where a kamailio peer listens, and the URIs that names (shared by every kamailio peer)."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def uri(self) -> str:
+        """The proxy itself (a REGISTER's Request-URI)."""
+        return f"sip:{self.host}:{self.port}"
+
+    def aor(self, user: str) -> str:
+        """`user` at the proxy: an address of record, or what a caller dials through it."""
+        return f"sip:{user}@{self.host}:{self.port}"
+
+
+class KamailioPeer(ProxyAddress, RunsAProcess):
     def __init__(
         self, *, proc: PeerProcess, port: int, realm: str, config: Path, host: str = LOOPBACK
     ) -> None:
@@ -256,18 +276,6 @@ class KamailioPeer(RunsAProcess):
         self.port = port
         self.realm = realm
         self.config = config
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    @property
-    def uri(self) -> str:
-        """The registrar / proxy itself (a REGISTER's Request-URI)."""
-        return f"sip:{self.host}:{self.port}"
-
-    def aor(self, user: str) -> str:
-        return f"sip:{user}@{self.host}:{self.port}"
 
     def lines(self, marker: str) -> list[str]:
         """Log lines of the config's own xlog markers (wt-req, wt-auth, wt-registered…)."""

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from .kamailio import run_kamailio
+from .kamailio import ProxyAddress, run_kamailio
 from .ports import free_udp_port
 from .process import PeerProcess, RunsAProcess
 
@@ -67,24 +67,14 @@ def write_dispatcher_list(
     return target
 
 
-class DispatcherPeer(RunsAProcess):
+class DispatcherPeer(ProxyAddress, RunsAProcess):
+    """`aor(user)` is what a caller dials: any user at the proxy goes to the instances."""
+
     def __init__(self, *, proc: PeerProcess, host: str, port: int, list_file: Path) -> None:
         self.proc = proc
         self.host = host
         self.port = port
         self.list_file = list_file
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    @property
-    def uri(self) -> str:
-        return f"sip:{self.host}:{self.port}"
-
-    def aor(self, user: str) -> str:
-        """What a caller dials: any user at the proxy goes to the instances."""
-        return f"sip:{user}@{self.host}:{self.port}"
 
     async def wait_log(self, pattern: str, timeout: float, *, start: int = 0) -> re.Match[str]:
         return await self.proc.wait_for_output(pattern, timeout, start=start)
