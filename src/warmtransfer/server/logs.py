@@ -147,12 +147,7 @@ def install_text_logging(
     level: int | str = logging.INFO, stream: IO[str] | None = None
 ) -> logging.Handler:
     """As `install_json_logging`, with `TextFormatter` lines for people at a terminal."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(TextFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
-    return handler
+    return _install(TextFormatter(), level, stream)
 
 
 def install_json_logging(
@@ -160,8 +155,14 @@ def install_json_logging(
 ) -> logging.Handler:
     """Send the root logger's records to `stream` (stderr) as JSON lines; returns the handler
     (remove it from the root logger to undo). Existing handlers are left alone."""
+    return _install(JsonFormatter(), level, stream)
+
+
+def _install(
+    formatter: logging.Formatter, level: int | str, stream: IO[str] | None
+) -> logging.Handler:
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
