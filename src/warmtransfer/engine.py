@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import inspect
 import uuid
-import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from warmtransfer.backends.sip import SipBridge, SipCallerLeg, SipDialer
@@ -127,9 +127,7 @@ class Engine:
         self.bridge = SipBridge(self.spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.transfers: dict[str, WarmTransfer] = {}
-        self._caller_legs: weakref.WeakKeyDictionary[Call, SipCallerLeg] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._caller_legs: dict[Call, SipCallerLeg] = {}
 
     async def start(self) -> Engine:
         """Check the speech providers, then listen. A provider that is misconfigured or
@@ -191,10 +189,19 @@ class Engine:
         """The caller's leg of `call`: one per call, shared by whoever asks (the agent, a
         transfer started through the API), so that a hold by one is seen by the other (the
         agent must not speak over hold music, nor hear the held caller)."""
+        # Legs of calls that have ended are let go here (a long-running service would otherwise
+        # keep every call it ever had: the leg holds its call and the call's media).
+        for gone in [c for c in self._caller_legs if c.ended.is_set() and c is not call]:
+            del self._caller_legs[gone]
         leg = self._caller_legs.get(call)
         if leg is None:
             leg = self._caller_legs[call] = SipCallerLeg(call, self.tts)
         return leg
+
+    @property
+    def caller_legs(self) -> Mapping[Call, SipCallerLeg]:
+        """The caller legs handed out, by call (those of ended calls go at the next request)."""
+        return MappingProxyType(self._caller_legs)
 
     def transfer(
         self,

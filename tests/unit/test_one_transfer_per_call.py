@@ -130,3 +130,21 @@ async def test_an_agent_waits_out_the_api_transfer_then_carries_on() -> None:
             assert (await agent).reason is Reason.BUSY
             await speaking
         assert [t.text for t in ln.session.transcript] == ["Are you still there?"]
+
+
+async def test_one_leg_per_call_and_ended_calls_are_let_go() -> None:
+    """Everyone asking for a call's leg gets the same one (so a hold by one is seen by all);
+    once the call has ended the engine no longer keeps it (a service runs for months)."""
+    async with line() as ln:
+        assert ln.engine.caller_leg(ln.call) is ln.session.leg
+        await ln.caller.hangup()
+        async with asyncio.timeout(DEADLINE):
+            await ln.call.ended.wait()
+        async with started_ua(user="second") as phone:
+            async with asyncio.timeout(DEADLINE):
+                dialling = asyncio.create_task(phone.call(ln.engine.uri))
+                second = await ln.engine.next_call()
+                await second.answer()
+                await dialling
+            leg = ln.engine.caller_leg(second)
+            assert dict(ln.engine.caller_legs) == {second: leg}  # the first call's leg is gone
