@@ -116,6 +116,35 @@ async def test_a_refused_hold_raises_and_leaves_the_call_as_it_was(
     await hang_up(call, wire)
 
 
+async def test_a_481_to_our_hold_means_the_call_is_gone(ua: UserAgent, wire: Wire) -> None:
+    """RFC 3261 14.1: the peer has no such dialog. The call ends at once (no BYE: there is
+    nobody to send it to), rather than staying "up" with nobody on the other end."""
+    call = await outbound(ua, wire)
+    hold = asyncio.create_task(call.hold())
+    reinvite = await wire.request_of("INVITE", where=lambda r: r.cseq[0] == 2)
+    reply(wire, reinvite, 481)
+    with pytest.raises(CallFailed, match="the call is gone") as failed:
+        await within(hold)
+    assert failed.value.status == 481
+    assert not call.is_up and call.ended.is_set()
+    assert call.end_status == 481
+    assert not wire.requests("BYE")
+
+
+async def test_a_408_to_our_hold_ends_the_call_with_a_bye(ua: UserAgent, wire: Wire) -> None:
+    call = await outbound(ua, wire)
+    hold = asyncio.create_task(call.hold())
+    reinvite = await wire.request_of("INVITE", where=lambda r: r.cseq[0] == 2)
+    reply(wire, reinvite, 408)
+    bye = await wire.request_of("BYE", where=lambda r: r.call_id == call.call_id)
+    reply(wire, bye, 200)
+    with pytest.raises(CallFailed) as failed:
+        await within(hold)
+    assert failed.value.status == 408
+    await within(call.ended.wait())
+    assert not call.is_up and call.end_status == 408
+
+
 async def test_a_491_is_retried_after_the_glare_delay(
     ua: UserAgent, wire: Wire, quick_glare: list[bool]
 ) -> None:

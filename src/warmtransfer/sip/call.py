@@ -267,12 +267,22 @@ class Call:
                 # Built again for each try: the peer's own offer may have been answered while
                 # we waited after a 491, and our SDP version must count on from that answer.
                 body = self._reoffer("sendonly" if hold else "sendrecv", what)
-                response = await self._send_reinvite(body, extra)
+                try:
+                    response = await self._send_reinvite(body, extra)
+                except CallFailed as exc:  # no answer at all: as a 408 (RFC 3261 8.1.3.1)
+                    if exc.status == 408 and self.state is CallState.ANSWERED:
+                        await self._dialog_gone(408, what, EndReason.TIMEOUT)
+                    raise
                 if response.status != 491 or attempt == GLARE_RETRIES:
                     break
                 await asyncio.sleep(glare_delay(self.owns_call_id))  # a protocol back-off
                 if self.state is not CallState.ANSWERED:
                     break
+            if response.status in (408, 481):
+                # RFC 3261 14.1: a re-INVITE answered 481 or 408 means the dialog is gone; a
+                # call left "up" would hold its caller in silence until the session timer.
+                await self._dialog_gone(response.status, what, EndReason.TIMEOUT)
+                raise CallFailed(response.status, f"{response.reason}: the call is gone")
             if not 200 <= response.status < 300:
                 log.info("call %s: %s refused (%s)", self.call_id, what, response.status)
                 raise CallFailed(response.status, response.reason)
@@ -605,12 +615,7 @@ class Call:
         now = asyncio.get_running_loop().time()
         if response is None or response.status in (408, 481):
             status = response.status if response is not None else 408
-            log.info("call %s: session refresh got %s; the call is gone", self.call_id, status)
-            if status == 481:
-                self._finish(EndReason.SESSION_EXPIRED, 481)
-            else:
-                await self._send_bye(EndReason.SESSION_EXPIRED)
-                self.end_status = 408
+            await self._dialog_gone(status, "session refresh", EndReason.SESSION_EXPIRED)
             return
         if 200 <= response.status < 300:
             agreed = session_timer.negotiate_as_uac(response)
@@ -619,6 +624,17 @@ class Call:
             log.info("call %s: session refresh refused (%s)", self.call_id, response.status)
             self.session.refresh_failed(now)
         self._arm_session_timer()
+
+    async def _dialog_gone(self, status: int, what: str, reason: EndReason) -> None:
+        """A 481 (the peer has no such dialog: nothing to BYE) or a 408 (no answer: BYE, which
+        also reaches a peer that merely lost our request) to a request inside the call: end it
+        (RFC 3261 12.2.1.2, 14.1)."""
+        log.info("call %s: %s got %s; the call is gone", self.call_id, what, status)
+        if status == 481:
+            self._finish(reason, 481)
+        else:
+            await self._send_bye(reason)
+            self.end_status = 408
 
     async def _send_refresh(
         self, interval: int, config: session_timer.SessionTimerConfig
