@@ -114,6 +114,23 @@ async def test_dtmf_relay_info_puts_the_key_on_media_keys_and_gets_200(
     await bye_from_wire(ua, wire, inbound, cseq=3)
 
 
+async def test_a_key_sent_both_ways_counts_once(ua: UserAgent, wire: Wire) -> None:
+    """Some phones send every key as an RFC 4733 event and as an INFO: "5" must not read "55".
+    (The event side is fed where the RTP receiver feeds it; its parsing is tested elsewhere.)"""
+    inbound = await inbound_call(ua, wire)
+    media = inbound.call.media
+    now = asyncio.get_running_loop().time()
+    assert media.key_pressed("5", now, "rfc4733")
+    relay = b"Signal=5\r\nDuration=160\r\n"
+    assert (await send_info(wire, ua, inbound, 2, "application/dtmf-relay", relay)).status == 200
+    assert (await send_info(wire, ua, inbound, 3, "application/dtmf-relay", relay)).status == 200
+    # The same key by the other way 5 s later is a press of its own.
+    assert media.key_pressed("5", now + 5.0, "rfc4733")
+    keys = [media.keys.get_nowait().digit for _ in range(media.keys.qsize())]
+    assert keys == ["5", "5", "5"]  # the RFC 4733 one, the second INFO, the later one
+    await bye_from_wire(ua, wire, inbound, cseq=4)
+
+
 async def test_dtmf_info_in_any_case_and_with_parameters(ua: UserAgent, wire: Wire) -> None:
     inbound = await inbound_call(ua, wire)
     sends = [

@@ -101,6 +101,10 @@ class MediaClosed(ConnectionError):
     """The session was closed (the call ended) while something was still being sent."""
 
 
+#: Seconds within which the same key by the other signalling (RFC 4733 vs SIP INFO) is a copy.
+DUPLICATE_KEY_WINDOW = 0.3
+
+
 @dataclass(frozen=True)
 class KeyPress:
     digit: str
@@ -166,6 +170,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self.format: MediaFormat | None = None
         self.stats = RtpStats()
         self.keys: asyncio.Queue[KeyPress] = asyncio.Queue()
+        self._last_key: tuple[str, str, float] | None = None  # (digit, how, loop time)
         self.recorder: Recorder | None = None
         self.forward_to: RtpSession | None = None
         self._ssrc = random.getrandbits(32)
@@ -305,7 +310,7 @@ class RtpSession(asyncio.DatagramProtocol):
             self._reception.count(seq)
             digit = self._dtmf.feed(timestamp, payload)
             if digit is not None:
-                self.keys.put_nowait(KeyPress(digit, now))
+                self.key_pressed(digit, now, "rfc4733")
             if decoding:
                 self.jitter.push(seq, timestamp, None, now)  # its slot is not a lost frame
             return
@@ -541,6 +546,27 @@ class RtpSession(asyncio.DatagramProtocol):
         finally:
             with contextlib.suppress(ValueError):
                 self._sinks.remove(sink)
+
+    def key_pressed(self, digit: str, at: float, how: str) -> bool:
+        """Queue a key the peer pressed, `how` it came ("rfc4733", "info"); False if dropped.
+
+        Some phones and PBXs send every key twice, as an RFC 4733 event and as a SIP INFO. The
+        same digit by the other way within `DUPLICATE_KEY_WINDOW` is that second copy, not a
+        second press (a person cannot press twice that fast, and one phone uses one way for
+        its presses); counted twice, "1" would read as "11" and an account number would be
+        wrong."""
+        last = self._last_key
+        if (
+            last is not None
+            and last[0] == digit
+            and last[1] != how
+            and at - last[2] <= DUPLICATE_KEY_WINDOW
+        ):
+            self._last_key = None  # a third copy would be a new press
+            return False
+        self._last_key = (digit, how, at)
+        self.keys.put_nowait(KeyPress(digit, at))
+        return True
 
     def clear_keys(self) -> None:
         while not self.keys.empty():

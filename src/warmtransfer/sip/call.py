@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from warmtransfer.media.dtmf import INFO_DTMF_TYPES, parse_info_dtmf
-from warmtransfer.media.session import KeyPress, MediaFormat, RtpSession
+from warmtransfer.media.session import MediaFormat, RtpSession
 from warmtransfer.sip import session_timer
 from warmtransfer.sip.dialog import Dialog
 from warmtransfer.sip.message import SipRequest, SipResponse, make_response
@@ -700,7 +700,7 @@ class Call:
             # The reason is logged, not echoed: a peer's bytes have no business in our headers.
             log.info("call %s: malformed DTMF INFO (%s)", self.call_id, exc)
             return make_response(request, 400, "Bad DTMF Body")
-        self.media.keys.put_nowait(KeyPress(digit, asyncio.get_running_loop().time()))
+        self.media.key_pressed(digit, asyncio.get_running_loop().time(), "info")
         return make_response(request, 200)
 
     def _answer_reinvite(
