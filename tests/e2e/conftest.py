@@ -19,6 +19,7 @@ from tests.peers.sipp import SippPeer
 from warmtransfer.backends.sip import SipCallerLeg
 from warmtransfer.consult.ports import Briefing
 from warmtransfer.engine import Engine
+from warmtransfer.sip.call import IncomingCall
 from warmtransfer.speech.tts import PiperTTS
 from warmtransfer.transfer.events import TransferEvent
 from warmtransfer.transfer.outcome import TransferOutcome
@@ -221,6 +222,24 @@ async def call_in(
     engine_side = asyncio.ensure_future(answer_and_transfer(running, plan))
     await caller.dial(uri or running.engine.uri)
     return engine_side
+
+
+async def answered_from(engine: Engine, caller: BaresipPeer) -> SipCallerLeg:
+    """`caller` dials the engine, which rings and answers; the caller's leg, once baresip
+    reports the call established."""
+
+    async def answer() -> IncomingCall:
+        call = await engine.next_call()
+        await call.ring()
+        await call.answer()
+        return call
+
+    answering = asyncio.ensure_future(answer())
+    await caller.dial(engine.uri)
+    async with asyncio.timeout(10):
+        call = await answering
+    await caller.wait_event("CALL_ESTABLISHED")
+    return engine.caller_leg(call)
 
 
 async def finish(engine_side: asyncio.Future[T], timeout: float = 15.0) -> T:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from livekit.agents.voice import Agent, AgentSession
 
-from tests.e2e.conftest import baresip_caller, need_baresip, open_fds
+from tests.e2e.conftest import answered_from, baresip_caller, need_baresip, open_fds
 from tests.livekit.agents import ScriptedLLM
 from tests.peers.baresip import read_wav_samples, write_tone_wav
 from tests.peers.ports import free_port_pair
@@ -74,19 +74,7 @@ async def test_fake_llm_agent_greets_a_sip_caller_and_closes_on_hang_up(
     fake_llm = ScriptedLLM([GREETING])
     try:
         async with baresip_caller(tmp_path, mic) as caller:
-
-            async def answer() -> Any:
-                call = await engine.next_call()
-                await call.ring()
-                await call.answer()
-                return call
-
-            answering = asyncio.ensure_future(answer())
-            await caller.dial(engine.uri)
-            async with asyncio.timeout(10):
-                call = await answering
-            await caller.wait_event("CALL_ESTABLISHED")
-            leg = engine.caller_leg(call)
+            leg = await answered_from(engine, caller)
 
             session: AgentSession[Any] = await run_agent_on_call(
                 engine,

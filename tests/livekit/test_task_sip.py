@@ -24,6 +24,7 @@ from livekit.agents.voice import AgentSession
 
 from tests.e2e.conftest import (
     HUMAN_TONE,
+    answered_from,
     baresip_caller,
     baresip_human,
     need_baresip,
@@ -106,19 +107,7 @@ async def agent_on_engine(
     await engine.start()
     try:
         async with baresip_caller(tmp_path, mic) as caller:
-
-            async def answer() -> Any:
-                call = await engine.next_call()
-                await call.ring()
-                await call.answer()
-                return call
-
-            answering = asyncio.ensure_future(answer())
-            await caller.dial(engine.uri)
-            async with asyncio.timeout(10):
-                call = await answering
-            await caller.wait_event("CALL_ESTABLISHED")
-            leg = engine.caller_leg(call)
+            leg = await answered_from(engine, caller)
             fake_llm = ScriptedLLM(list(replies))
             on_call = OnCall(engine, leg, None, None, fake_llm)  # type: ignore[arg-type]
             agent = Receptionist(human_uri, on_event=on_call.on_event)

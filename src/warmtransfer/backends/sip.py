@@ -75,9 +75,7 @@ def _tone() -> AudioClip:
     return AudioClip(samples, PHONE_RATE)
 
 
-async def _until_ended(
-    call: Call, awaitable: asyncio.Future[Any] | Coroutine[Any, Any, Any]
-) -> Any:
+async def until_ended(call: Call, awaitable: asyncio.Future[Any] | Coroutine[Any, Any, Any]) -> Any:
     """Await `awaitable`, but raise LegGone the moment the call ends."""
     work = asyncio.ensure_future(awaitable)
     ended = asyncio.ensure_future(call.ended.wait())
@@ -118,13 +116,13 @@ class _MediaLeg:
 
     async def play(self, clip: AudioClip) -> None:
         playback = await self._play(clip)
-        await _until_ended(self.call, asyncio.shield(playback.done))
+        await until_ended(self.call, asyncio.shield(playback.done))
 
     def stop_playback(self) -> None:
         self.media.stop_playback()
 
     async def next_key(self) -> str:
-        press: KeyPress = await _until_ended(self.call, self.media.keys.get())
+        press: KeyPress = await until_ended(self.call, self.media.keys.get())
         self.keys_seen.append(press)
         return press.digit
 
@@ -181,7 +179,7 @@ class SipCallerLeg(_MediaLeg):
                 raise LegGone("the caller is not with the AI any more (transferred or gone)")
             if not self.held:
                 return
-            await _until_ended(self.call, self._not_held.wait())
+            await until_ended(self.call, self._not_held.wait())
 
     async def agent_key(self) -> str:
         """The caller's next key, for the AI. A key pressed while held is the transfer's (its
@@ -335,7 +333,7 @@ class SipCallerLeg(_MediaLeg):
         self.hold_playback = prompt
         self.prompts.append(prompt)
         try:
-            await _until_ended(self.call, asyncio.shield(prompt.done))
+            await until_ended(self.call, asyncio.shield(prompt.done))
         except LegGone:
             pass
         finally:
@@ -434,11 +432,11 @@ class SipTargetLeg(_MediaLeg):
         playback = await self._play(clip)
         if self.first_playback is None:
             self.first_playback = playback
-        await _until_ended(self.call, asyncio.shield(playback.done))
+        await until_ended(self.call, asyncio.shield(playback.done))
 
     async def send_digits(self, digits: str) -> None:
         if digits:
-            await _until_ended(self.call, self.media.send_digits(digits))
+            await until_ended(self.call, self.media.send_digits(digits))
 
     async def hangup(self) -> None:
         await self.call.hangup()

@@ -427,8 +427,8 @@ async def run_agent_on_call(
 ) -> AgentSession[Any]:
     """Run `agent` on an answered call; the session closes itself when the caller hangs up.
 
-    Pass the `SipCallerLeg` the app transfers with (rather than the bare `Call`) so that hold
-    mutes this agent; with a `Call`, a leg is made with `engine.caller_leg`. The hang-up
+    `call` may be the `Call` or its `SipCallerLeg`: the engine has one leg per call
+    (`engine.caller_leg`), so a hold by any transfer on it mutes this agent. The hang-up
     watcher is one of the engine's tasks: `engine.close()` also closes the session.
     `session_options` go to `AgentSession` (e.g. `turn_handling`, `userdata`).
 

@@ -10,12 +10,12 @@ or how a failure is worded must reach all three.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 from numpy.typing import NDArray
 
-from warmtransfer.backends.sip import SipCallerLeg
-from warmtransfer.consult.ports import LegGone
+from warmtransfer.backends.sip import SipCallerLeg, until_ended
 from warmtransfer.media.audio import PHONE_RATE, AudioClip
 from warmtransfer.media.levels import EndOfSpeech
 from warmtransfer.transfer.outcome import Failed, Reason, TransferOutcome
@@ -65,26 +65,12 @@ async def record_turn(
         if detector.feed(frame):
             done.set()
 
-    with leg.ai_listening(sink):
-        await _until_set_or_gone(leg, done, timeout)
+    with leg.ai_listening(sink), contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await until_ended(leg.call, done.wait())
     if not frames:
         return None
     return AudioClip(np.concatenate(frames), PHONE_RATE)
-
-
-async def _until_set_or_gone(leg: SipCallerLeg, done: asyncio.Event, timeout: float) -> None:
-    """Until `done` is set or `timeout` passes (not an error here); raises `LegGone` the moment
-    the caller's call ends, as `_until_ended` of the SIP backend does for its waits."""
-    waiting = asyncio.ensure_future(done.wait())
-    gone = asyncio.ensure_future(leg.wait_hangup())
-    try:
-        await asyncio.wait({waiting, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (waiting, gone):
-            task.cancel()
-        await asyncio.gather(waiting, gone, return_exceptions=True)
-    if leg.hung_up:
-        raise LegGone(f"call {leg.call.call_id} ended")
 
 
 async def read_digits(leg: SipCallerLeg, timeout: float = 20.0, *, end: str = "#") -> str:
