@@ -462,8 +462,8 @@ class Service:
             if work.done() and not work.cancelled():
                 _log_agent_error(work, session.call_id)
             if self.api is not None:
-                # A transfer started through the API on this call (the caller is held, and
-                # the agent, refused the line, may have returned): it decides how this ends.
+                # A transfer started through the API on this call may still hold the caller
+                # (the agent may have returned meanwhile): it decides how this ends.
                 await self.api.wait_call(session.call_id)
             if session.transferred:
                 await session.call.wait_ended()
