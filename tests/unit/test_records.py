@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 import sqlite3
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.unit.memory_ports import (
     KeyConsultant,
@@ -19,7 +23,13 @@ from tests.unit.memory_ports import (
 )
 from warmtransfer.consult.handoff import HandoffRecord
 from warmtransfer.consult.ports import Briefing
-from warmtransfer.server.records import MAX_SIP_TEXT, Records
+from warmtransfer.server.records import (
+    MAX_SIP_TEXT,
+    OPEN_DEADLINE,
+    SCHEMA_VERSION,
+    Records,
+    _connect,
+)
 from warmtransfer.server.report import render_report
 from warmtransfer.sip.flow import Flow
 from warmtransfer.transfer.driver import WarmTransfer
@@ -140,6 +150,54 @@ async def test_the_store_is_in_wal_mode(tmp_path: Path) -> None:
     finally:
         await records.close()
     assert mode == "wal"
+
+
+def _open_at_once(path: str, barrier: Any, results: Any) -> None:
+    """One process of the race below: wait for the others, then open the same file."""
+    barrier.wait()
+    try:
+        _connect(Path(path)).close()
+    except Exception as exc:  # reported to the test, which names it
+        results.put(repr(exc))
+    else:
+        results.put("ok")
+
+
+def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two `serve` instances started together share one records file: the one that loses the
+    switch to WAL mode must wait and retry, not exit with "database is locked" (CI stop 10).
+    Eight processes released by a barrier onto a fresh file, 25 times: without the retry
+    about one round in five had a loser."""
+    ctx = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for round_ in range(25):
+        path = tmp_path / f"records-{round_}.db"
+        barrier = ctx.Barrier(8)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_at_once, args=(str(path), barrier, results)) for _ in range(8)
+        ]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        failures += [outcome for outcome in outcomes if outcome != "ok"]
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert failures == []
+
+
+def test_a_file_that_is_not_a_database_is_refused_at_once(tmp_path: Path) -> None:
+    """Only "busy" and "locked" are retried: a wrong file is an error to report now."""
+    path = tmp_path / "records.db"
+    path.write_bytes(b"not a database, but forty bytes or more of text\n" * 4)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        _connect(path)
+    assert time.monotonic() - started < OPEN_DEADLINE / 2
+    assert path.read_bytes().startswith(b"not a database")  # left as it was
 
 
 async def test_unknown_call_is_none(tmp_path: Path) -> None:

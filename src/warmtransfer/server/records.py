@@ -217,14 +217,51 @@ class CallRecord:
 # -- the store -------------------------------------------------------------------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+#: How long opening the file may keep retrying while other processes hold it (see `_connect`).
+OPEN_DEADLINE = 15.0
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def _connect(path: Path, *, deadline: float = OPEN_DEADLINE) -> sqlite3.Connection:
+    """Open the file in WAL mode with the schema in place, retrying while it is busy.
+
+    Why the retry: several instances may open one file at once (two `serve` started together
+    behind a dispatcher). Switching a fresh file to WAL needs the only lock, and SQLite answers
+    SQLITE_BUSY at once, without waiting in the busy handler, when waiting could deadlock; so
+    the loser gets "database is locked" however long `busy_timeout` is. The schema is created
+    in one BEGIN IMMEDIATE transaction, which does wait in the busy handler."""
+    give_up = time.monotonic() + deadline
+    pause = 0.01
+    while True:
+        conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+        try:
+            _set_up(conn)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise
+            if time.monotonic() + pause > give_up:
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        else:
+            return conn
+        time.sleep(pause)  # on the store's worker thread, or the merge command's only one
+        pause = min(pause * 2, 0.25)
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA busy_timeout=5000")  # a reader (the report command) may hold a lock
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")  # a reader (the report command) may hold a lock
-    conn.executescript(_SCHEMA)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return conn
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class Records:
