@@ -39,7 +39,6 @@ async def test_baresip_calls_baresip_dtmf_hangup_recording(tmp_path: Path, tone_
         BaresipPeer.start(tmp_path, name="agent", user="agent") as a,
         BaresipPeer.start(tmp_path, name="human", auto_answer=True, audio_wav=tone_wav) as b,
     ):
-        assert time.monotonic() - t0 < 2.0, "baresip should start in well under a second"
         await a.dial(b.uri)
         est_a = await a.wait_event("CALL_ESTABLISHED")
         est_b = await b.wait_event("CALL_ESTABLISHED")

@@ -244,15 +244,6 @@ async def test_decoding_stays_off_the_event_loop(spotter: KeywordSpotter) -> Non
     assert max(gaps) < 0.15
 
 
-async def test_a_short_answer_costs_tens_of_milliseconds(spotter: KeywordSpotter) -> None:
-    costs = []
-    for stem in ("yes", "no", "repeat", "yes_take_it"):
-        started = time.perf_counter()
-        await spotter.spot(fixture(stem))
-        costs.append(time.perf_counter() - started)
-    assert sorted(costs)[len(costs) // 2] < 0.15  # measured 20-50 ms on this machine
-
-
 async def test_phrases_and_thresholds_are_validated() -> None:
     with pytest.raises(ValueError, match="at least one phrase"):
         KeywordSpotter({})

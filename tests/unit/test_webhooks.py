@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -189,11 +188,9 @@ async def test_a_slow_receiver_never_delays_send_and_a_full_queue_drops_the_olde
         sender.send_event(event("first"))
         async with asyncio.timeout(DEADLINE):
             await receiver.arrived.get()  # "first" is in flight, stuck at the receiver
-        started = time.perf_counter()
-        for index in range(5):
+        for index in range(5):  # a plain call: it returns with the receiver still stuck
             sender.send_event(event(f"t{index}"))
-        elapsed = time.perf_counter() - started
-        assert elapsed < 0.05, f"send() took {elapsed:.3f} s with a stuck receiver"
+        assert not receiver.gate.is_set()
         assert sender.queued == 3 and sender.dropped == 2
         assert counts == ["dropped", "dropped"]
         assert "dropped the oldest" in caplog.text
