@@ -316,6 +316,35 @@ async def test_fake_openai_unreachable_server_names_the_base_url() -> None:
         assert time.perf_counter() - started < 5.0
 
 
+async def test_fake_openai_credentials_in_the_base_url_are_never_shown(
+    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A base URL may carry ``user:password@`` or a ``?key=``: errors and logs name the server
+    and the path (what a 404 is about), never those."""
+    caplog.set_level(logging.DEBUG)
+    secret = "pa55word-in-the-url"
+    fake_openai.reply("POST", "/v1/audio/speech", status=404, body=b'{"error": "no route"}')
+    with_password = fake_openai.base_url.replace("http://", f"http://gateway:{secret}@")
+    tts = OpenAITTS(with_password, KEY)
+    with pytest.raises(SpeechProviderError, match=r"/v1/audio/speech does not exist") as error:
+        await tts.synthesize("Hello.")
+    await tts.aclose()
+    unreachable = f"http://gateway:{secret}@127.0.0.1:{free_port()}/v1"
+    stt = OpenAISTT(unreachable, KEY)
+    with pytest.raises(SpeechProviderError, match=r"cannot reach http://127.0.0.1:\d+/v1 ") as gone:
+        await stt.check()
+    await stt.aclose()
+    with_query = OpenAITTS(f"{fake_openai.base_url}?key={secret}", KEY)
+    with pytest.raises(
+        SpeechProviderError, match=r"must not carry a query.*put the key in api_key"
+    ) as query:
+        await with_query.check()
+    shown = [str(error.value), str(gone.value), str(query.value), repr(tts), repr(stt)]
+    assert len(fake_openai.requests) == 1  # the 404 came from the server; not the refused query
+    assert fake_openai.requests[0].headers["authorization"].startswith("Basic ")  # as httpx did
+    assert not [text for text in [*shown, caplog.text] if secret in text or "gateway" in text]
+
+
 async def test_fake_openai_a_hung_server_costs_at_most_the_timeout(
     fake_openai: FakeOpenAI,
 ) -> None:
