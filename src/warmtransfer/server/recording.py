@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import weakref
 from collections.abc import Callable
@@ -56,7 +57,7 @@ from warmtransfer.transfer.states import (
     is_terminal,
 )
 
-__all__ = ["BYE_WAIT", "CALLER_LEG", "HandoffFactory", "RecordedCall"]
+__all__ = ["BYE_WAIT", "CALLER_LEG", "HandoffFactory", "RecordedCall", "claim_path"]
 
 #: How long the end of a call waits for the answers to its BYEs (over UDP a lost BYE would be
 #: retried for 32 s; the record does not wait for that).
@@ -106,6 +107,23 @@ class _Claim:
     attempt: int
     key: tuple[str, str | None, str, int | None]
     label: str
+
+
+def claim_path(path: Path, *, tries: int = 1000) -> Path:
+    """`path`, or `stem-2.wav`, `stem-3.wav`... whichever did not exist, created empty so that
+    nobody else takes it.
+
+    Why: the name comes from the Call-ID, which the caller's side chooses; a Call-ID used
+    again (a broken PBX, a replayed INVITE), two that differ only in characters the name
+    leaves out, or another instance sharing the folder must never overwrite a recording."""
+    for n in range(1, tries + 1):
+        candidate = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{path}: {tries} recordings of this name already exist")
 
 
 class _Dispatcher:
@@ -265,7 +283,7 @@ class RecordedCall:
 
         def save() -> list[tuple[str, Path]]:
             folder.mkdir(parents=True, exist_ok=True)
-            return [(label, recorder.save(path)) for label, recorder, path in jobs]
+            return [(label, recorder.save(claim_path(path))) for label, recorder, path in jobs]
 
         self.recordings.extend(await asyncio.to_thread(save))
 
