@@ -419,7 +419,7 @@ def test_the_summary_shows_urls_without_their_tokens(write: Write) -> None:
         '\n[webhooks]\nurls = ["https://hooks.slack.example/services/T0/B0/sEcReT1",'
         ' "https://bob:sEcReT2@receiver.example.com:8443/?token=sEcReT3"]\n'
         f'secret = "{SECRET}"\n'
-        '\n[speech.tts]\nprovider = "openai"\nbase_url = "https://tts.example.com/v1?key=sEcReT4"\n'
+        '\n[speech.tts]\nprovider = "openai"\nbase_url = "https://me:sEcReT4@tts.example.com/v1"\n'
         f'api_key = "{SECRET}"\n'
     )
     console = Console(record=True, width=200)
@@ -428,6 +428,20 @@ def test_the_summary_shows_urls_without_their_tokens(write: Write) -> None:
     assert "sEcReT" not in shown and "bob" not in shown
     assert "https://hooks.slack.example/…, https://receiver.example.com:8443/…" in shown
     assert "openai tts-1 at https://tts.example.com/…" in shown
+
+
+def test_an_api_base_url_with_a_query_is_refused_without_showing_it(write: Write) -> None:
+    """Paths are appended to a base URL, so a ``?key=`` there can only be a key put in the
+    wrong place: refused, naming the line and the fix, never quoting the key."""
+    text = GOOD + (
+        '\n[speech.tts]\nprovider = "openai"\nbase_url = "https://tts.example.com/v1?key=sEcReT4"\n'
+        f'api_key = "{SECRET}"\n'
+    )
+    path = write(text)
+    message = only(error_of(path))
+    line = text.splitlines().index('base_url = "https://tts.example.com/v1?key=sEcReT4"') + 1
+    assert message.startswith(f"{path}:{line}: speech.tts.base_url: base_url must not carry")
+    assert "put the key in api_key" in message and "sEcReT" not in message
 
 
 def test_check_config_refuses_the_scripted_agent_without_plans(write: Write) -> None:

@@ -9,8 +9,10 @@ keep-alives (the overall deadline ends it), an answer over its size limit, an er
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import logging
 import time
 
 import pytest
@@ -81,6 +83,31 @@ async def test_fake_llm_chat_stream_takes_a_server_that_answers_in_one_piece() -
     assert pieces == ["Connecting you."]
     assert answer.text == "Connecting you."
     assert answer.tool_calls == (ToolCall("connect_to_caller", "", "c"),)
+
+
+async def test_fake_llm_chat_credentials_in_the_base_url_reach_the_server_not_the_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``https://user:password@gateway/v1`` is how some gateways take a credential: it is sent
+    as basic auth, as httpx would, but httpx logs each request's URL, so it never sees it."""
+    caplog.set_level(logging.DEBUG)
+    secret = "gateway-password-do-not-log"
+    body = json.dumps({"choices": [{"index": 0, "message": {"content": "Yes."}}]}).encode()
+
+    async def reply(_: FakeChatServer, __: Seen, writer: asyncio.StreamWriter) -> None:
+        await send(writer, response_bytes(200, body))
+
+    async with FakeChatServer(reply) as server:
+        url = server.base_url.replace("http://", f"http://team:{secret}@")
+        client = ChatClient(url, API_KEY, "m")
+        answer, _ = await streamed(client)
+    assert answer.text == "Yes."
+    expected = base64.b64encode(f"team:{secret}".encode()).decode()
+    assert server.requests[0].headers["authorization"] == f"Basic {expected}"
+    assert client.base_url == server.base_url and secret not in repr(client)
+    assert "chat/completions" in caplog.text and secret not in caplog.text
+    with pytest.raises(ValueError, match="must not carry a query"):
+        ChatClient(f"{server.base_url}?key={secret}", API_KEY, "m")
 
 
 async def test_fake_llm_chat_stream_that_finished_without_done_is_accepted() -> None:

@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from warmtransfer.base_url import QUERY_PROBLEM, BaseUrl
 from warmtransfer.config.errors import Problem, dotted
 from warmtransfer.config.globs import covers
 from warmtransfer.config.positions import KeyPath
@@ -115,6 +116,16 @@ def _sip_uri(value: str, what: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _api_root(value: str) -> str:
+    if BaseUrl.split(value).has_query:
+        raise ValueError(f"{QUERY_PROBLEM}, e.g. https://api.openai.com/v1")
+    return value
+
+
+#: An API's base URL: paths are appended to it, so it cannot end in a query.
+ApiRoot = Annotated[str, AfterValidator(_http_url), AfterValidator(_api_root)]
 
 
 # -- [sip] ------------------------------------------------------------------------------------
@@ -276,7 +287,7 @@ class OpenAITTSConfig(BaseModel):
     model_config = _STRICT
 
     provider: Literal["openai"]
-    base_url: HttpUrl = DEFAULT_API
+    base_url: ApiRoot = DEFAULT_API
     api_key: SecretStr
     model: str = Field(default="tts-1", min_length=1)
     voice: str = Field(default="alloy", min_length=1)
@@ -297,7 +308,7 @@ class OpenAISTTConfig(BaseModel):
     model_config = _STRICT
 
     provider: Literal["openai"]
-    base_url: HttpUrl = DEFAULT_API
+    base_url: ApiRoot = DEFAULT_API
     api_key: SecretStr
     model: str = Field(default="whisper-1", min_length=1)
     language: str | None = None
@@ -335,7 +346,7 @@ class ChatSection(BaseModel):
 
     model_config = _STRICT
 
-    base_url: HttpUrl = DEFAULT_API
+    base_url: ApiRoot = DEFAULT_API
     api_key: SecretStr
     model: str = Field(min_length=1)
     timeout: float | None = Field(default=None, gt=0, le=120, description="None = the default")

@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from warmtransfer.base_url import QUERY_PROBLEM, BaseUrl
+
 __all__ = ["ChatClient", "ChatError", "ChatFailure", "ChatReply", "ToolCall"]
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,10 @@ class ChatClient:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout}")
-        self.base_url = base_url.rstrip("/")
+        self._base = BaseUrl.split(base_url)
+        if self._base.has_query:
+            raise ValueError(QUERY_PROBLEM)
+        self.base_url = self._base.url  # without user:password@, which is sent as basic auth
         self.model = model
         self.timeout = timeout
         self.temperature = temperature
@@ -274,7 +279,14 @@ class ChatClient:
             if client is None:
                 client = await stack.enter_async_context(self.connection())
             response = await stack.enter_async_context(
-                client.stream("POST", self.url, json=body, headers=headers, timeout=seconds)
+                client.stream(
+                    "POST",
+                    self.url,
+                    json=body,
+                    headers=headers,
+                    timeout=seconds,
+                    auth=self._base.request_auth,
+                )
             )
             if response.status_code >= 400:
                 await response.aread()  # so the connection can be reused

@@ -34,12 +34,12 @@ import wave
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from warmtransfer.base_url import QUERY_PROBLEM, BaseUrl
 from warmtransfer.media.audio import PHONE_RATE, AudioClip
 from warmtransfer.media.wav import AudioFormatError, read_wav, resample
 from warmtransfer.speech.cache import ClipCache
@@ -72,27 +72,6 @@ _COMPRESSED = {
 }
 
 
-def _split_base_url(raw: str) -> tuple[str, httpx.BasicAuth | None, bool]:
-    """The base URL without ``user:password@`` (kept as basic auth, as httpx would use it) and
-    without a query or fragment (refused by the settings check), and whether it had one.
-
-    Why: httpx logs every request's URL at INFO, and our errors quote the base URL, so a URL
-    that carries credentials would print them; once split off, nothing can."""
-    text = raw.strip().rstrip("/")
-    try:
-        parts = urlsplit(text)
-    except ValueError:  # a port that is not a number: the settings check reports the URL
-        return text, None, False
-    userinfo, _, host = parts.netloc.rpartition("@")
-    auth = None
-    if userinfo:
-        user, _, password = userinfo.partition(":")
-        auth = httpx.BasicAuth(unquote(user), unquote(password))
-    extra = bool(parts.query or parts.fragment)
-    url = urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.scheme else text
-    return url.rstrip("/"), auth, extra
-
-
 class _OpenAIClient:
     """What both clients share: settings, the check, requests and their errors."""
 
@@ -103,7 +82,8 @@ class _OpenAIClient:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout}")
-        self.base_url, self._url_auth, self._url_extra = _split_base_url(base_url or "")
+        self._base = BaseUrl.split(base_url or "")
+        self.base_url = self._base.url
         self._api_key = (api_key or "").strip()
         self.model = model
         self.timeout = timeout
@@ -124,11 +104,8 @@ class _OpenAIClient:
             raise self._fail(
                 "no base URL; set base_url to the API root, e.g. https://api.openai.com/v1"
             )
-        if self._url_extra:
-            raise self._fail(
-                f"base_url must not carry a query or fragment ({self.base_url}?…): put the key"
-                f" in {KEY_SETTING}"
-            )
+        if self._base.has_query:
+            raise self._fail(QUERY_PROBLEM)
         if not self.base_url.startswith(("http://", "https://")):
             raise self._fail(f"base_url must start with http:// or https://, not {self.base_url!r}")
         if not self._api_key:
@@ -182,10 +159,8 @@ class _OpenAIClient:
         headers = {"Authorization": f"Bearer {self._api_key}"}
         started = time.perf_counter()
         try:
-            if self._url_auth is not None:
-                kwargs["auth"] = self._url_auth
             response = await self._http().request(
-                method, url, headers=headers, timeout=limits, **kwargs
+                method, url, headers=headers, timeout=limits, auth=self._base.request_auth, **kwargs
             )
         except httpx.ConnectTimeout as exc:
             raise self._fail(
