@@ -68,12 +68,12 @@ async def main(rounds: int) -> None:
     print(f"spotter warm-up (loads the model): {(time.perf_counter() - started) * 1000:.0f} ms")
     clips = {answer: padded(await tts.synthesize(answer)) for answer in ANSWERS}
     spot_costs: list[float] = []
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for answer, clip in clips.items():
             started = time.perf_counter()
             hits = await spotter.spot(clip)
             spot_costs.append(time.perf_counter() - started)
-            if _ == 0:
+            if round_ == 0:  # what it heard, once per answer
                 heard = ", ".join(f"{hit.phrase!r}->{hit.meaning}" for hit in hits) or "nothing"
                 print(f"  {answer!r:20} ({clip.duration:.1f} s): {heard}")
     print(

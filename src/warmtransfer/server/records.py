@@ -219,11 +219,9 @@ class CallRecord:
 
 #: How long opening the file may keep retrying while other processes hold it (see `_connect`).
 OPEN_DEADLINE = 15.0
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
 
 
-def _connect(path: Path, *, deadline: float = OPEN_DEADLINE) -> sqlite3.Connection:
+def _connect(path: Path) -> sqlite3.Connection:
     """Open the file in WAL mode with the schema in place, retrying while it is busy.
 
     Why the retry: several instances may open one file at once (two `serve` started together
@@ -231,7 +229,7 @@ def _connect(path: Path, *, deadline: float = OPEN_DEADLINE) -> sqlite3.Connecti
     SQLITE_BUSY at once, without waiting in the busy handler, when waiting could deadlock; so
     the loser gets "database is locked" however long `busy_timeout` is. The schema is created
     in one BEGIN IMMEDIATE transaction, which does wait in the busy handler."""
-    give_up = time.monotonic() + deadline
+    give_up = time.monotonic() + OPEN_DEADLINE
     pause = 0.01
     while True:
         conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
@@ -239,7 +237,7 @@ def _connect(path: Path, *, deadline: float = OPEN_DEADLINE) -> sqlite3.Connecti
             _set_up(conn)
         except sqlite3.OperationalError as exc:
             conn.close()
-            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
             if time.monotonic() + pause > give_up:
                 raise
