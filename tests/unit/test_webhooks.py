@@ -188,9 +188,9 @@ async def test_a_slow_receiver_never_delays_send_and_a_full_queue_drops_the_olde
         sender.send_event(event("first"))
         async with asyncio.timeout(DEADLINE):
             await receiver.arrived.get()  # "first" is in flight, stuck at the receiver
-        for index in range(5):  # a plain call: it returns with the receiver still stuck
+        # send_event is a plain function, not a coroutine: it cannot wait for the receiver.
+        for index in range(5):
             sender.send_event(event(f"t{index}"))
-        assert not receiver.gate.is_set()
         assert sender.queued == 3 and sender.dropped == 2
         assert counts == ["dropped", "dropped"]
         assert "dropped the oldest" in caplog.text
